@@ -1,0 +1,64 @@
+"""Validation of names that arrive from the network: model names, revisions, file paths."""
+
+import re
+from typing import Final
+
+from cachenet.errors import InvalidName
+
+__all__ = (
+    "COMMIT_RE",
+    "parse_model_ref",
+    "validate_file_path",
+    "validate_model_name",
+    "validate_revision",
+)
+
+_PART: Final = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
+_MODEL_NAME_RE: Final = re.compile(rf"^{_PART}(/{_PART})?$")
+_REVISION_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+COMMIT_RE: Final = re.compile(r"^[0-9a-f]{40}$")
+_PATH_PART_RE: Final = re.compile(r"^[^\x00-\x1f/\\:*?\"<>|]{1,255}$")
+MAX_PATH_CHARS: Final = 1024
+
+
+def validate_model_name(name: str) -> str:
+    """Return a model name like `org/model` or `model`, or raise `InvalidName`."""
+    if not isinstance(name, str) or not _MODEL_NAME_RE.match(name) or ".." in name:
+        raise InvalidName(
+            f"invalid model name {str(name)[:100]!r}: use 'org/name' with letters, digits, '.', '_' or '-'",
+            name=str(name)[:100],
+        )
+    return name
+
+
+def validate_revision(revision: str) -> str:
+    """Return a tag or commit id, or raise `InvalidName`."""
+    if not isinstance(revision, str) or not _REVISION_RE.match(revision) or ".." in revision:
+        raise InvalidName(
+            f"invalid revision {str(revision)[:100]!r}: use a tag (letters, digits, '.', '_', '-') "
+            "or a 40-digit commit id",
+            name=str(revision)[:100],
+        )
+    return revision
+
+
+def validate_file_path(path: str) -> str:
+    """Return a relative POSIX path inside a model folder, or raise `InvalidName`.
+
+    Refuses absolute paths, `..` and `.` components, backslashes, drive letters and
+    control characters, so that a path from the network can never leave the folder.
+    """
+    if not isinstance(path, str) or not path or len(path) > MAX_PATH_CHARS or path.startswith("/"):
+        raise InvalidName(f"invalid file path {str(path)[:100]!r}", name=str(path)[:100])
+    for part in path.split("/"):
+        if part in ("", ".", "..") or not _PATH_PART_RE.match(part):
+            raise InvalidName(
+                f"invalid file path {path[:100]!r}: components must be plain names", name=path[:100]
+            )
+    return path
+
+
+def parse_model_ref(ref: str, *, default_revision: str = "main") -> tuple[str, str]:
+    """Split `NAME[@REV]` into a validated (name, revision)."""
+    name, _, revision = ref.partition("@")
+    return validate_model_name(name), validate_revision(revision or default_revision)

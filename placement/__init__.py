@@ -1,0 +1,3 @@
+"""The placement controller: topology, latency model, TrimCaching and baselines, replacement policies."""
+
+__all__: tuple[str, ...] = ()

@@ -1,0 +1,3 @@
+"""Ingest (safetensors, Hugging Face folders, PEFT LoRA adapters), the SQL catalogue and the origin."""
+
+__all__: tuple[str, ...] = ()
