@@ -1,0 +1,1 @@
+"""Benchmarks that compare cachenet with its anchors and write JSON results."""

@@ -1,0 +1,314 @@
+"""The read-only device API every server shares (origin and edge nodes), over a `ModelSource`.
+
+Routes:
+
+    GET|HEAD /v1/blocks/{block_id}                                  one block, Range, immutable
+    GET      /v1/models                                             models and tags
+    GET      /v1/models/{name}/revisions/{revision}                 manifest (canonical JSON)
+    GET|HEAD /v1/models/{name}/revisions/{revision}/files/{path}    assembled file, Range
+    GET      /api/models/{name}[/revision/{revision}]               Hugging Face model info
+    GET      /api/models/{name}/tree/{revision}[/{path}]            Hugging Face tree listing
+    GET|HEAD /{name}/resolve/{revision}/{path}                      Hugging Face file download
+
+Names, revisions, paths and block ids are validated before anything else happens.
+"""
+
+import hashlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+from aiohttp import web
+
+from cachenet.blockid import validate_block_id
+from cachenet.errors import FileNotInModel
+from cachenet.filesend import Pacer, send_file_range
+from cachenet.manifest import FileManifest, ModelManifest
+from cachenet.names import validate_file_path, validate_model_name, validate_revision
+from cachenet.openapi import ApiDoc
+from cachenet.ranges import parse_range
+
+__all__ = (
+    "MODEL_NAME_PATTERN",
+    "BlockHandle",
+    "LocalBlock",
+    "ModelSource",
+    "StreamingBlock",
+    "add_device_routes",
+    "git_oid",
+    "is_lfs_file",
+)
+
+MODEL_NAME_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)?"
+_BLOCK_PATTERN: Final = r"[^/]+"
+IMMUTABLE: Final = "public, max-age=31536000, immutable"
+CELL_HEADER: Final = "X-Cachenet-Cell"
+# Files at least this big, and every safetensors file, are presented as Git LFS files,
+# whose Hugging Face ETag is the SHA-256 of the content (clients verify downloads with it).
+LFS_MIN_BYTES: Final = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class LocalBlock:
+    """A block held in a local file, served zero-copy."""
+
+    path: Path
+    size: int
+
+
+class StreamingBlock(Protocol):
+    """A block still arriving (cut-through), readable by range as its bytes come in."""
+
+    size: int
+
+    def iter_range(self, start: int, end: int) -> AsyncIterator[bytes]:
+        """Yield bytes [start, end) as they become available."""
+        ...
+
+
+BlockHandle = LocalBlock | StreamingBlock
+
+
+class ModelSource(Protocol):
+    """Where a server's device API gets manifests and blocks (catalogue+store, or cache+upstream)."""
+
+    pacer: Pacer | None
+
+    async def list_models(self) -> list[dict[str, Any]]:
+        """JSON summaries of the models this server can serve."""
+        ...
+
+    async def manifest(self, name: str, revision: str) -> ModelManifest:
+        """The manifest of a model revision or tag; raises `ModelNotFound`."""
+        ...
+
+    async def open_block(self, block_id: str, *, blake3: str | None = None) -> BlockHandle:
+        """A block ready to send; raises `BlockNotFound` (or an upstream error on a failed miss)."""
+        ...
+
+    def note_request(self, manifest: ModelManifest, *, cell: str | None) -> None:
+        """Count a device's request for a model (demand statistics)."""
+        ...
+
+
+def is_lfs_file(f: FileManifest) -> bool:
+    """Whether a file is presented to Hugging Face clients as an LFS file (ETag = SHA-256)."""
+    return f.kind == "safetensors" or f.size >= LFS_MIN_BYTES
+
+
+def git_oid(f: FileManifest) -> str:
+    """A stable 40-hex blob id for tree listings.
+
+    For LFS files it is the Git blob id of the LFS pointer, exactly as the Hub computes
+    it. For small files the Hub uses the Git blob id of the content, which would need a
+    SHA-1 pass over the file; cachenet uses the first 40 hex digits of the SHA-256
+    instead (clients treat the blob id as an opaque name).
+    """
+    if is_lfs_file(f):
+        pointer = (
+            f"version https://git-lfs.github.com/spec/v1\noid sha256:{f.sha256}\nsize {f.size}\n"
+        ).encode()
+        return hashlib.sha1(b"blob %d\0" % len(pointer) + pointer, usedforsecurity=False).hexdigest()
+    return f.sha256[:40]
+
+
+def add_device_routes(app: web.Application, source: ModelSource, doc: ApiDoc) -> None:
+    """Register the device API on `app`, serving from `source`."""
+    api = _DeviceApi(source)
+    r = app.router
+    name = f"{{name:{MODEL_NAME_PATTERN}}}"
+    block = f"{{block_id:{_BLOCK_PATTERN}}}"
+    file_path = "{path:.+}"
+    doc.route(r, "GET", f"/v1/blocks/{block}", api.get_block, summary="Get a block by id", content="application/octet-stream",
+              responses={200: "block bytes", 206: "partial block", 304: "not modified"})
+    doc.route(r, "HEAD", f"/v1/blocks/{block}", api.get_block, summary="Block headers", content="",
+              responses={200: "block exists"})
+    doc.route(r, "GET", "/v1/models", api.list_models, summary="List models and their tags")
+    doc.route(r, "GET", f"/v1/models/{name}/revisions/{{revision}}", api.get_manifest,
+              summary="Get a model manifest by revision or tag")
+    doc.route(r, "GET", f"/v1/models/{name}/revisions/{{revision}}/files/{file_path}", api.get_file,
+              summary="Download an assembled file", content="application/octet-stream",
+              responses={200: "file bytes", 206: "partial file"})
+    doc.route(r, "HEAD", f"/v1/models/{name}/revisions/{{revision}}/files/{file_path}", api.get_file,
+              summary="Assembled file headers", content="")
+    doc.route(r, "GET", f"/api/models/{name}/revision/{{revision}}", api.hf_model_info,
+              summary="Hugging Face model info at a revision")
+    doc.route(r, "GET", f"/api/models/{name}/tree/{{revision}}", api.hf_tree,
+              summary="Hugging Face tree listing", query={"recursive": {"type": "boolean"}})
+    doc.route(r, "GET", f"/api/models/{name}/tree/{{revision}}/{file_path}", api.hf_tree,
+              summary="Hugging Face tree listing under a folder", query={"recursive": {"type": "boolean"}})
+    doc.route(r, "GET", f"/api/models/{name}", api.hf_model_info, summary="Hugging Face model info")
+    doc.route(r, "GET", f"/{name}/resolve/{{revision}}/{file_path}", api.hf_resolve,
+              summary="Hugging Face file download", content="application/octet-stream",
+              responses={200: "file bytes", 206: "partial file"})
+    doc.route(r, "HEAD", f"/{name}/resolve/{{revision}}/{file_path}", api.hf_resolve,
+              summary="Hugging Face file metadata", content="")
+
+
+class _DeviceApi:
+    def __init__(self, source: ModelSource) -> None:
+        self.source = source
+
+    async def get_block(self, request: web.Request) -> web.StreamResponse:
+        block_id = validate_block_id(request.match_info["block_id"])
+        etag = f'"{block_id}"'
+        if request.headers.get("If-None-Match") == etag:
+            return web.Response(status=304, headers={"ETag": etag, "Cache-Control": IMMUTABLE})
+        handle = await self.source.open_block(block_id)
+        headers = {"ETag": etag, "Cache-Control": IMMUTABLE, "Content-Type": "application/octet-stream"}
+
+        async def pieces(start: int, end: int) -> AsyncIterator[Piece]:
+            yield handle, start, end
+
+        return await self._send(request, handle.size, headers, pieces)
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        return web.json_response({"models": await self.source.list_models()})
+
+    async def get_manifest(self, request: web.Request) -> web.Response:
+        manifest = await self._manifest(request)
+        headers = {"ETag": f'"{manifest.revision}"', "X-Repo-Commit": manifest.revision}
+        if validate_revision(request.match_info["revision"]) == manifest.revision:
+            headers["Cache-Control"] = IMMUTABLE
+        else:
+            headers["Cache-Control"] = "no-cache"
+        return web.Response(body=manifest.to_bytes(), content_type="application/json", headers=headers)
+
+    async def get_file(self, request: web.Request) -> web.StreamResponse:
+        manifest = await self._manifest(request)
+        f = manifest.file(validate_file_path(request.match_info["path"]))
+        self.source.note_request(manifest, cell=request.headers.get(CELL_HEADER))
+        return await self._send_file(request, manifest, f)
+
+    async def hf_model_info(self, request: web.Request) -> web.Response:
+        manifest = await self._manifest(request)
+        created = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(0))
+        return web.json_response(
+            {
+                "_id": manifest.revision[:24],
+                "id": manifest.name,
+                "modelId": manifest.name,
+                "sha": manifest.revision,
+                "private": False,
+                "disabled": False,
+                "gated": False,
+                "downloads": 0,
+                "likes": 0,
+                "tags": [],
+                "library_name": None,
+                "createdAt": created,
+                "lastModified": created,
+                "cardData": {"base_model": manifest.base.name} if manifest.base else {},
+                "siblings": [{"rfilename": f.path, "size": f.size} for f in manifest.files],
+            },
+            headers={"X-Repo-Commit": manifest.revision},
+        )
+
+    async def hf_tree(self, request: web.Request) -> web.Response:
+        manifest = await self._manifest(request)
+        prefix = request.match_info.get("path", "")
+        if prefix:
+            prefix = validate_file_path(prefix.rstrip("/")) + "/"
+        recursive = request.query.get("recursive", "false").lower() in ("1", "true")
+        entries: list[dict[str, Any]] = []
+        dirs: set[str] = set()
+        for f in manifest.files:
+            if not f.path.startswith(prefix):
+                continue
+            rest = f.path[len(prefix) :]
+            parts = rest.split("/")
+            for depth in range(1, len(parts)):
+                d = prefix + "/".join(parts[:depth])
+                if (recursive or depth == 1) and d not in dirs:
+                    dirs.add(d)
+                    entries.append({"type": "directory", "oid": "0" * 40, "size": 0, "path": d})
+            if recursive or len(parts) == 1:
+                entry: dict[str, Any] = {"type": "file", "oid": git_oid(f), "size": f.size, "path": f.path}
+                if is_lfs_file(f):
+                    entry["lfs"] = {"oid": f.sha256, "size": f.size, "pointerSize": 134}
+                entries.append(entry)
+        if prefix and not entries:
+            raise FileNotInModel(f"{manifest.name} has no folder {prefix!r}", path=prefix)
+        return web.json_response(entries, headers={"X-Repo-Commit": manifest.revision})
+
+    async def hf_resolve(self, request: web.Request) -> web.StreamResponse:
+        manifest = await self._manifest(request)
+        f = manifest.file(validate_file_path(request.match_info["path"]))
+        self.source.note_request(manifest, cell=request.headers.get(CELL_HEADER))
+        return await self._send_file(request, manifest, f)
+
+    # -- helpers ---------------------------------------------------------------------
+
+    async def _manifest(self, request: web.Request) -> ModelManifest:
+        name = validate_model_name(request.match_info["name"])
+        revision = validate_revision(request.match_info.get("revision", "main"))
+        return await self.source.manifest(name, revision)
+
+    async def _send_file(self, request: web.Request, manifest: ModelManifest, f: FileManifest) -> web.StreamResponse:
+        etag = f'"{f.sha256}"'
+        headers = {
+            "ETag": etag,
+            "X-Repo-Commit": manifest.revision,
+            "Content-Type": "application/octet-stream",
+            "Content-Disposition": f'attachment; filename="{f.path.rsplit("/", 1)[-1]}"',
+        }
+        if is_lfs_file(f):
+            headers["X-Linked-Etag"] = etag
+            headers["X-Linked-Size"] = str(f.size)
+        if request.headers.get("If-None-Match") == etag:
+            return web.Response(status=304, headers=headers)
+        return await self._send(request, f.size, headers, _FileParts(self.source, f).pieces)
+
+    async def _send(
+        self,
+        request: web.Request,
+        size: int,
+        headers: dict[str, str],
+        parts: Callable[[int, int], AsyncIterator["Piece"]],
+    ) -> web.StreamResponse:
+        rng = parse_range(request.headers.get("Range"), size)
+        start, end = rng if rng is not None else (0, size)
+        resp = web.StreamResponse(status=206 if rng is not None else 200, headers=headers)
+        resp.headers["Accept-Ranges"] = "bytes"
+        if rng is not None:
+            resp.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        resp.content_length = end - start
+        if request.method == "HEAD":
+            await resp.prepare(request)
+            return resp
+        # Open the first block before the status line goes out, so a miss that fails
+        # upstream becomes a proper error response rather than a truncated body.
+        pieces = parts(start, end)
+        first = await anext(pieces, None)
+        await resp.prepare(request)
+        pacer = self.source.pacer
+        piece = first
+        while piece is not None:
+            handle, lo, hi = piece
+            if isinstance(handle, LocalBlock):
+                await send_file_range(request, resp, handle.path, lo, hi, pacer=pacer)
+            else:
+                async for chunk in handle.iter_range(lo, hi):
+                    if pacer is not None:
+                        await pacer(len(chunk))
+                    await resp.write(chunk)
+            piece = await anext(pieces, None)
+        await resp.write_eof()
+        return resp
+
+
+Piece = tuple[BlockHandle, int, int]
+
+
+class _FileParts:
+    """The block pieces that make bytes [start, end) of a file, opened one at a time."""
+
+    def __init__(self, source: ModelSource, f: FileManifest) -> None:
+        self.source, self.f = source, f
+
+    async def pieces(self, start: int, end: int) -> AsyncIterator[Piece]:
+        for ref, lo, hi in self.f.segments_in(start, end):
+            yield await self.source.open_block(ref.block_id, blake3=ref.blake3), lo, hi
+

@@ -1,0 +1,99 @@
+"""Sending byte ranges of block files over an aiohttp response, zero-copy where possible.
+
+Under uvloop aiohttp's `FileResponse` never uses sendfile (it reads and writes 256 KiB
+chunks). Here the response headers are flushed, then `os.sendfile` runs in a worker
+thread on the connection's socket (waiting with `poll` when the socket is full), so the
+kernel copies file pages straight to the socket and the event loop stays free. TLS
+connections, and responses that must be paced by an egress limit, take the chunked path.
+"""
+
+import asyncio
+import logging
+import os
+import select
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Final
+
+from aiohttp import web
+
+__all__ = ("CHUNK_BYTES", "send_file_range", "stream_chunks")
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES: Final = 1024 * 1024
+_POLL_TIMEOUT_MS: Final = 30_000
+# Below this, a plain read+write costs less than a trip to a worker thread.
+_SENDFILE_MIN_BYTES: Final = 256 * 1024
+
+Pacer = Callable[[int], Awaitable[None]]
+
+
+async def send_file_range(
+    request: web.Request,
+    resp: web.StreamResponse,
+    path: Path,
+    start: int,
+    end: int,
+    *,
+    pacer: Pacer | None = None,
+) -> None:
+    """Write bytes [start, end) of `path` to a prepared response."""
+    count = end - start
+    if count <= 0:
+        return
+    transport = request.transport
+    sock = None if transport is None else transport.get_extra_info("socket")
+    zero_copy = (
+        pacer is None
+        and sock is not None
+        and transport is not None
+        and transport.get_extra_info("sslcontext") is None
+        and count >= _SENDFILE_MIN_BYTES
+    )
+    if zero_copy and transport is not None and sock is not None:
+        writer = resp._payload_writer  # noqa: SLF001 - the only way to flush buffered headers
+        if writer is not None:
+            writer.send_headers()  # type: ignore[attr-defined]
+        while transport.get_write_buffer_size() > 0:
+            if transport.is_closing():
+                raise ConnectionResetError("connection closed")
+            await asyncio.sleep(0.0005)
+        fd = sock.fileno()
+        await asyncio.to_thread(_sendfile_blocking, fd, path, start, count)
+        return
+    await stream_chunks(resp, path, start, end, pacer=pacer)
+
+
+async def stream_chunks(
+    resp: web.StreamResponse, path: Path, start: int, end: int, *, pacer: Pacer | None = None
+) -> None:
+    """Write [start, end) of a file in chunks read off the event loop."""
+    with open(path, "rb") as f:
+        position = start
+        while position < end:
+            size = min(CHUNK_BYTES, end - position)
+            chunk = await asyncio.to_thread(os.pread, f.fileno(), size, position)
+            if not chunk:
+                raise ConnectionError(f"{path} ended early")
+            if pacer is not None:
+                await pacer(len(chunk))
+            await resp.write(chunk)
+            position += len(chunk)
+
+
+def _sendfile_blocking(sock_fd: int, path: Path, offset: int, count: int) -> None:
+    poller = select.poll()
+    poller.register(sock_fd, select.POLLOUT)
+    with open(path, "rb") as f:
+        in_fd = f.fileno()
+        while count > 0:
+            try:
+                sent = os.sendfile(sock_fd, in_fd, offset, count)
+            except BlockingIOError:
+                if not poller.poll(_POLL_TIMEOUT_MS):
+                    raise TimeoutError("client stopped reading") from None
+                continue
+            if sent == 0:
+                raise ConnectionError(f"{path} ended early")
+            offset += sent
+            count -= sent

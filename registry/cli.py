@@ -1,0 +1,190 @@
+"""Commands of the registry: `origin serve`, `publish`, `models list`, `models show`."""
+
+import argparse
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from cachenet.config import load_settings
+from cachenet.errors import BadInput
+from cachenet.httpclient import DEFAULT_TIMEOUT, raise_for_status
+from cachenet.names import parse_model_ref, validate_model_name
+from cachenet.units import format_bytes, parse_size
+from registry.config import DEFAULT_ORIGIN_PORT, OriginSettings
+from registry.publish import HttpTarget, LocalTarget, PublishTarget, publish_path
+
+__all__ = ("register",)
+
+
+def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Add the registry's subcommands to the `cachenet` parser."""
+    origin = sub.add_parser("origin", help="the origin server that holds every block")
+    origin_sub = origin.add_subparsers(dest="origin_command", metavar="ACTION", required=True)
+    serve = origin_sub.add_parser("serve", help="run the origin server")
+    serve.add_argument("--config", type=Path, help="settings file (TOML or YAML)")
+    serve.add_argument("--data", dest="data_dir", type=Path, help="data folder (default cachenet-data/origin)")
+    serve.add_argument("--db", dest="db_url", help="SQLAlchemy URL of the catalogue (default: SQLite in the data folder)")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help=f"port to listen on (default {DEFAULT_ORIGIN_PORT})")
+    serve.add_argument("--token", help="operator bearer token (default: $CACHENET_TOKEN; without one, operator routes refuse every call)")
+    serve.add_argument("--max-block-size", type=parse_size, help="largest block accepted (default 64MiB)")
+    serve.set_defaults(func=_origin_serve)
+
+    pub = sub.add_parser("publish", help="cut a model folder into blocks and publish it")
+    pub.add_argument("path", type=Path, help="model folder (Hugging Face layout or PEFT adapter) or one file")
+    pub.add_argument("--name", required=True, help="model name, e.g. org/model")
+    pub.add_argument("--base", help="base model NAME[@REV] of a LoRA adapter (default: from adapter_config.json)")
+    pub.add_argument("--tag", default="main", help="tag to move to the new revision (default main)")
+    pub.add_argument("--origin", help="URL of a running origin (uses its operator API)")
+    pub.add_argument("--token", help="operator token for --origin (default: $CACHENET_TOKEN)")
+    pub.add_argument("--data", type=Path, help="publish straight into an origin data folder instead")
+    pub.add_argument("--db", help="catalogue URL with --data (default: SQLite in the folder)")
+    pub.add_argument("--max-block-size", type=parse_size, default=None, help="largest block (default 64MiB)")
+    pub.add_argument("--json", action="store_true", help="print the report as JSON")
+    pub.add_argument("--no-progress", action="store_true", help="no progress bars")
+    pub.set_defaults(func=_publish)
+
+    models = sub.add_parser("models", help="list and inspect published models")
+    models_sub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    for action, helptext in (("list", "list models"), ("show", "show one model's files, blocks and sharing")):
+        p = models_sub.add_parser(action, help=helptext)
+        if action == "show":
+            p.add_argument("name", help="model NAME[@REV]")
+        p.add_argument("--origin", help="origin URL (default http://127.0.0.1:8700)")
+        p.add_argument("--data", type=Path, help="read an origin data folder directly instead")
+        p.add_argument("--json", action="store_true", help="print JSON")
+        p.set_defaults(func=_models_list if action == "list" else _models_show)
+
+
+def _origin_serve(args: argparse.Namespace) -> int:
+    from cachenet.serve import run_app
+    from registry.app import create_app
+
+    overrides = {k: getattr(args, k) for k in ("data_dir", "db_url", "host", "port", "token", "max_block_size")}
+    settings = load_settings(OriginSettings, args.config, os.environ, overrides)
+    return run_app(create_app(settings), host=settings.host, port=settings.port, name="origin")
+
+
+def _publish(args: argparse.Namespace) -> int:
+    if bool(args.origin) == bool(args.data):
+        raise BadInput("give exactly one of --origin URL (a running origin) or --data DIR (an origin's data folder)")
+    if not args.path.exists():
+        raise BadInput(f"{args.path} does not exist")
+    overrides: dict[str, Any] = {"max_block_size": args.max_block_size}
+    settings = load_settings(OriginSettings, None, os.environ, {**overrides, "data_dir": args.data, "db_url": args.db})
+
+    async def run() -> dict[str, Any]:
+        target: PublishTarget
+        if args.origin:
+            target = HttpTarget(args.origin, args.token or os.environ.get("CACHENET_TOKEN"))
+        else:
+            target = LocalTarget(settings)
+        try:
+            report = await publish_path(
+                args.path,
+                name=args.name,
+                target=target,
+                base=args.base,
+                tag=args.tag,
+                max_block_size=settings.max_block_size,
+                progress=False if args.no_progress else None,
+            )
+        finally:
+            await target.close()
+        return report.to_json()
+
+    report = asyncio.run(run())
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(
+            f"published {report['name']}@{report['tag']} = {report['revision']}: "
+            f"{report['files']} files, {format_bytes(report['total_bytes'])} in all; "
+            f"stored {format_bytes(report['stored_bytes'])} ({report['stored_blocks']} new blocks), "
+            f"deduplicated {format_bytes(report['deduplicated_bytes'])}"
+        )
+    return 0
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    models = asyncio.run(_fetch_models(args))
+    if args.json:
+        print(json.dumps(models, indent=2))
+        return 0
+    if not models:
+        print("no models published yet")
+    for m in models:
+        latest = m["revisions"][0] if m["revisions"] else None
+        size = format_bytes(latest["total_size"]) if latest else "-"
+        tags = ", ".join(f"{t}={c[:12]}" for t, c in sorted(m["tags"].items()))
+        origin = m["source"] + (f" from {m['upstream']}" if m.get("upstream") else "")
+        print(f"{m['name']:40} {size:>10}  {len(m['revisions'])} rev  [{tags}]  {origin}")
+    return 0
+
+
+def _models_show(args: argparse.Namespace) -> int:
+    name, revision = parse_model_ref(args.name)
+    info = asyncio.run(_fetch_model_detail(args, name, revision))
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    m = info["manifest"]
+    print(f"{m['name']} @ {m['revision']}")
+    if m["base"]:
+        print(f"  base: {m['base']['name']} @ {m['base']['revision']}")
+    for f in m["files"]:
+        print(f"  {f['path']:50} {format_bytes(f['size']):>10}  {len(f['blocks'])} blocks  sha256 {f['sha256'][:16]}…")
+    print(f"  distinct blocks: {info['blocks']}, {format_bytes(info['unique_bytes'])}")
+    for other, shared in sorted(info["shared_with"].items(), key=lambda kv: -kv[1]):
+        print(f"  shares {format_bytes(shared)} with {other}")
+    return 0
+
+
+async def _fetch_models(args: argparse.Namespace) -> list[dict[str, Any]]:
+    if args.data:
+        from registry.origin import model_summary_json
+
+        target = LocalTarget(load_settings(OriginSettings, None, os.environ, {"data_dir": args.data}))
+        try:
+            return [model_summary_json(m) for m in await asyncio.to_thread(target.catalogue.list_models)]
+        finally:
+            await target.close()
+    url = (args.origin or f"http://127.0.0.1:{DEFAULT_ORIGIN_PORT}").rstrip("/")
+    async with aiohttp.ClientSession(timeout=DEFAULT_TIMEOUT) as session, session.get(f"{url}/v1/models") as resp:
+        await raise_for_status(resp)
+        models: list[dict[str, Any]] = (await resp.json())["models"]
+        return models
+
+
+async def _fetch_model_detail(args: argparse.Namespace, name: str, revision: str) -> dict[str, Any]:
+    validate_model_name(name)
+    if args.data:
+        target = LocalTarget(load_settings(OriginSettings, None, os.environ, {"data_dir": args.data}))
+        try:
+            manifest = await asyncio.to_thread(target.catalogue.manifest, name, revision)
+            shared = await asyncio.to_thread(target.catalogue.shared_bytes, manifest.revision)
+        finally:
+            await target.close()
+    else:
+        url = (args.origin or f"http://127.0.0.1:{DEFAULT_ORIGIN_PORT}").rstrip("/")
+        async with aiohttp.ClientSession(timeout=DEFAULT_TIMEOUT) as session:
+            async with session.get(f"{url}/v1/models/{name}/revisions/{revision}") as resp:
+                await raise_for_status(resp)
+                from cachenet.manifest import ModelManifest
+
+                manifest = ModelManifest.from_json(await resp.json())
+            async with session.get(f"{url}/v1/models/{name}/revisions/{manifest.revision}/sharing") as resp:
+                await raise_for_status(resp)
+                shared = (await resp.json())["shared_with"]
+    unique = manifest.unique_blocks()
+    return {
+        "manifest": manifest.to_json(),
+        "blocks": len(unique),
+        "unique_bytes": sum(r.size for r in unique.values()),
+        "shared_with": shared,
+    }
+

@@ -1,0 +1,134 @@
+"""Operator routes of the origin: which blocks are missing, block uploads, publishing manifests."""
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+
+from cachenet.blockid import validate_blake3, validate_block_id
+from cachenet.deviceapi import MODEL_NAME_PATTERN
+from cachenet.errors import BadInput, BlockCorrupt, ManifestInvalid
+from cachenet.manifest import BlockRef, ModelManifest
+from cachenet.middlewares import require_token
+from cachenet.names import validate_model_name, validate_revision
+from cachenet.openapi import ApiDoc
+from registry.intake import check_no_collision, missing_blocks
+from registry.keys import catalogue_key, settings_key, store_key
+
+__all__ = ("add_operator_routes",)
+
+MAX_MISSING_QUERY_IDS = 100_000
+_READ_BYTES = 1024 * 1024
+
+
+def add_operator_routes(app: web.Application, doc: ApiDoc) -> None:
+    """Register the origin's operator API (bearer token) on `app`."""
+    r = app.router
+    doc.route(r, "POST", "/v1/blocks/missing", missing, operator=True,
+              summary="Which of these block ids the origin lacks",
+              body={"application/json": {"schema": {"type": "object", "required": ["block_ids"], "properties": {
+                  "block_ids": {"type": "array", "items": {"type": "string"}}}}}})
+    doc.route(r, "PUT", "/v1/blocks/{block_id}", upload_block, operator=True,
+              summary="Upload one block (verified against its id and the X-Blake3 header)",
+              body={"application/octet-stream": {}}, responses={201: "stored", 200: "already stored"})
+    doc.route(r, "POST", f"/v1/models/{{name:{MODEL_NAME_PATTERN}}}/revisions",
+              publish, operator=True, summary="Publish a manifest and move a tag to it",
+              query={"tag": {"type": "string"}},
+              body={"application/json": {"schema": {"type": "object"}}}, responses={201: "published"})
+    doc.route(r, "GET", f"/v1/models/{{name:{MODEL_NAME_PATTERN}}}/revisions/{{revision}}/sharing", sharing,
+              summary="Bytes of this revision's blocks that each other model also uses")
+
+
+async def missing(request: web.Request) -> web.Response:
+    """POST /v1/blocks/missing {"block_ids": [...]} → {"missing": [...]}."""
+    app = request.app
+    require_token(request, app[settings_key].token)
+    doc = await _json_body(request, limit=64 * 1024 * 1024)
+    ids = doc.get("block_ids") if isinstance(doc, dict) else None
+    if not isinstance(ids, list) or len(ids) > MAX_MISSING_QUERY_IDS:
+        raise BadInput(f"body must be {{'block_ids': [...]}} with at most {MAX_MISSING_QUERY_IDS} ids")
+    for b in ids:
+        validate_block_id(b)
+    result = await asyncio.to_thread(missing_blocks, app[store_key], app[catalogue_key], ids)
+    return web.json_response({"missing": result})
+
+
+async def upload_block(request: web.Request) -> web.Response:
+    """PUT /v1/blocks/{block_id} with the block as body and `X-Blake3: <hex>`."""
+    app = request.app
+    settings = app[settings_key]
+    require_token(request, settings.token)
+    block_id = validate_block_id(request.match_info["block_id"])
+    blake3 = validate_blake3(request.headers.get("X-Blake3", ""))
+    size = request.content_length
+    if size is None:
+        raise BadInput("a block upload needs a Content-Length")
+    if size <= 0 or size > settings.max_block_size:
+        raise BadInput(f"block of {size} bytes: blocks must be 1..{settings.max_block_size} bytes")
+    store, catalogue = app[store_key], app[catalogue_key]
+    ref = BlockRef(block_id, blake3, size)
+    await asyncio.to_thread(check_no_collision, catalogue, ref)
+    if store.has(block_id):
+        await asyncio.to_thread(catalogue.record_block, block_id, blake3, size)
+        return web.json_response({"block_id": block_id, "stored": False}, status=200)
+    writer = await asyncio.to_thread(store.writer, block_id, blake3=blake3, expected_size=size)
+    try:
+        received = 0
+        while received < size:
+            chunk = await request.content.read(min(_READ_BYTES, size - received))
+            if not chunk:
+                raise BlockCorrupt(f"block {block_id}: body ended after {received} of {size} bytes")
+            received += len(chunk)
+            await asyncio.to_thread(writer.write, chunk)
+        created = await asyncio.to_thread(writer.commit)
+    finally:
+        writer.abort()
+    await asyncio.to_thread(catalogue.record_block, block_id, blake3, size)
+    return web.json_response({"block_id": block_id, "stored": created}, status=201 if created else 200)
+
+
+async def publish(request: web.Request) -> web.Response:
+    """POST /v1/models/{name}/revisions?tag=main with a manifest as body."""
+    app = request.app
+    require_token(request, app[settings_key].token)
+    doc = await _json_body(request, limit=64 * 1024 * 1024)
+    manifest = ModelManifest.from_json(doc)
+    if manifest.name != request.match_info["name"]:
+        raise ManifestInvalid(
+            f"manifest names model {manifest.name!r} but was posted to {request.match_info['name']!r}"
+        )
+    tag = request.query.get("tag", "main")
+    store, catalogue = app[store_key], app[catalogue_key]
+    result = await asyncio.to_thread(catalogue.publish, manifest, tag=tag, is_stored=store.has)
+    body: dict[str, Any] = {
+        "name": result.name,
+        "revision": result.revision,
+        "tag": result.tag,
+        "total_bytes": result.total_bytes,
+        "unique_bytes": result.unique_bytes,
+        "created": result.created,
+    }
+    return web.json_response(body, status=201 if result.created else 200)
+
+
+async def sharing(request: web.Request) -> web.Response:
+    """GET /v1/models/{name}/revisions/{revision}/sharing → {"shared_with": {model: bytes}}."""
+    catalogue = request.app[catalogue_key]
+    name = validate_model_name(request.match_info["name"])
+    revision = validate_revision(request.match_info["revision"])
+    commit = await asyncio.to_thread(catalogue.resolve_commit, name, revision)
+    shared = await asyncio.to_thread(catalogue.shared_bytes, commit)
+    return web.json_response({"revision": commit, "shared_with": shared})
+
+
+async def _json_body(request: web.Request, *, limit: int) -> Any:
+    if request.content_length is not None and request.content_length > limit:
+        raise BadInput(f"body of {request.content_length} bytes is over the {limit}-byte limit")
+    data = await request.content.read(limit + 1)
+    if len(data) > limit:
+        raise BadInput(f"body is over the {limit}-byte limit")
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadInput(f"body is not JSON: {e}") from None
