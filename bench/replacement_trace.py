@@ -13,7 +13,7 @@ import platform
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -60,6 +60,7 @@ class Catalogue:
     models: tuple[ModelInfo, ...]
     block_sizes: dict[str, int]
     backbone_blocks: frozenset[str]
+    users: dict[str, tuple[str, ...]]
 
     @property
     def dedup_bytes(self) -> int:
@@ -104,7 +105,11 @@ def build_catalogue(*, seed: int) -> Catalogue:
             sizes.update(part)
             models.append(ModelInfo(f"{name}-lora-{a}", {**base, **part}, frozenset(base)))
     backbone = frozenset(b for m in models for b in m.backbone_blocks)
-    return Catalogue(tuple(models), sizes, backbone)
+    users: dict[str, list[str]] = {}
+    for m in models:
+        for b in m.blocks:
+            users.setdefault(b, []).append(m.name)
+    return Catalogue(tuple(models), sizes, backbone, {b: tuple(u) for b, u in users.items()})
 
 
 def build_trace(catalogue: Catalogue, *, requests: int, seed: int) -> list[tuple[int, bool]]:
@@ -128,7 +133,7 @@ def build_trace(catalogue: Catalogue, *, requests: int, seed: int) -> list[tuple
 
 
 def request_blocks(model: ModelInfo, adapter_only: bool) -> dict[str, int]:
-    """The blocks a request reads: all of them, or the adapter's alone when the device has the base."""
+    """The blocks a request reads: all, or the adapter's alone when the device has the base."""
     if adapter_only and len(model.blocks) > len(model.backbone_blocks):
         return {b: s for b, s in model.blocks.items() if b not in model.backbone_blocks}
     return model.blocks
@@ -142,8 +147,13 @@ def run_policy(
     capacity_bytes: int,
     granularity: Literal["block", "model"],
     adapter_only: bool,
+    manifest_users: bool = False,
 ) -> dict[str, Any]:
-    """Replay the trace through one of our policies and count hits."""
+    """Replay the trace through one of our policies and count hits.
+
+    With `manifest_users` a stored block is declared used by every model whose manifest names
+    it; otherwise the policy learns users from the requests that read the block.
+    """
     clock = ManualClock()
     half_life_s = HALF_LIFE_S if name == "sharing-lfu" else None
     policy: ReplacementPolicy = make_policy(
@@ -155,7 +165,13 @@ def run_policy(
         clock.now = i * SECONDS_PER_REQUEST
         model = catalogue.models[index]
         blocks = request_blocks(model, adapter_only and partial)
-        info = serve_request(policy, model.name, blocks, granularity=granularity)
+        info = serve_request(
+            policy,
+            model.name,
+            blocks,
+            granularity=granularity,
+            users=catalogue.users if manifest_users else None,
+        )
         model_hits += info.model_hit
         obj_hits += info.hits
         obj_reqs += info.hits + info.misses
@@ -221,7 +237,7 @@ def run_libcachesim(
 def main(argv: Sequence[str] | None = None) -> None:
     """Run every policy over every capacity in both scenarios and write the JSON result."""
     parser = argparse.ArgumentParser(prog="python -m bench.replacement_trace")
-    parser.add_argument("--requests", type=int, default=12_000)
+    parser.add_argument("--requests", type=int, default=8_000)
     parser.add_argument("--seed", type=int, default=20240607)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
@@ -242,20 +258,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         rows: list[dict[str, Any]] = []
         for fraction in CAPACITY_FRACTIONS:
             capacity = int(fraction * catalogue.dedup_bytes)
-            granularities: tuple[Literal["block", "model"], ...] = (
-                ("block",) if adapter_only else ("block", "model")
-            )
-            for granularity in granularities:
-                for name in POLICIES:
-                    result = run_policy(
-                        name,
-                        catalogue,
-                        trace,
-                        capacity_bytes=capacity,
-                        granularity=granularity,
-                        adapter_only=adapter_only,
-                    )
-                    rows.append(_row("cachenet", name, granularity, fraction, capacity, result))
+            runs: list[tuple[str, Literal["block", "model"], bool]] = [
+                (name, "block", False) for name in POLICIES
+            ]
+            runs += [("sharing-lru", "block", True), ("sharing-lfu", "block", True)]
+            if not adapter_only:
+                runs += [(name, "model", False) for name in POLICIES]
+            for name, granularity, manifest_users in runs:
+                result = run_policy(
+                    name,
+                    catalogue,
+                    trace,
+                    capacity_bytes=capacity,
+                    granularity=granularity,
+                    adapter_only=adapter_only,
+                    manifest_users=manifest_users,
+                )
+                label = f"{name}+manifest-users" if manifest_users else name
+                rows.append(_row("cachenet", label, granularity, fraction, capacity, result))
             for name in LIBCACHESIM_POLICIES:
                 result = run_libcachesim(
                     name, catalogue, trace, capacity_bytes=capacity, adapter_only=adapter_only
@@ -293,7 +313,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "definitions": {
             "model_hit": "every block (or the whole-model object) the request read was cached",
             "byte_hit_ratio": "bytes served from cache / bytes requested",
-            "granularity=model": "a model is one object of the summed size of its blocks (no sharing)",
+            "granularity=model": "a model is one object of its blocks' summed size (no sharing)",
+            "+manifest-users": "blocks are declared used by every model whose manifest names "
+            "them (the edge node knows manifests); without it users are learnt from requests",
             "adapter-only-mix": "that fraction of requests come from devices holding the backbone "
             "and read only the adapter blocks; the node still records the model request",
         },
@@ -360,7 +382,7 @@ def _log_rows(scenario: str, fraction: float, rows: list[dict[str, Any]]) -> Non
     for r in rows:
         if r["capacity_fraction"] == fraction:
             log.info(
-                "  %-11s %-12s %-5s model hit %.3f  byte hit %.3f  (%.1f s)",
+                "  %-11s %-27s %-5s model hit %.3f  byte hit %.3f  (%.1f s)",
                 r["source"],
                 r["policy"],
                 r["granularity"],

@@ -397,7 +397,7 @@ def _hit_ratio_of(problem: PlacementProblem, chosen: Sequence[Iterable[int]]) ->
     flags = placed[problem.eligible_indices, np.repeat(problem.request_model, counts)]
     cs = np.concatenate([[0], np.cumsum(flags)])
     hits = (cs[problem.eligible_indptr[1:]] - cs[problem.eligible_indptr[:-1]]) > 0
-    return float(problem.request_weight[hits].sum() / problem.total_weight)
+    return min(1.0, float(problem.request_weight[hits].sum() / problem.total_weight))
 
 
 def _chosen_indices(problem: PlacementProblem, placement: Placement) -> list[set[int]]:

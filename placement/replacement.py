@@ -502,7 +502,8 @@ class SharingLFUPolicy(_BlockPolicy):
         D(m) = sum over record_request(m, w) at t_j of w * d(t_j)
 
     so a backbone shared by many LoRA variants is worth the summed demand of all of them and is
-    not evicted for one adapter. The lowest V goes first; ties go to the least recently updated.
+    not evicted for one adapter. The lowest V goes first (not per byte: a backbone block is only
+    useful together with the rest of the backbone); ties go to the least recently updated.
     Scores are kept scaled by 2 ** ((now - epoch) / half_life_s), so nothing decays in place.
     """
 
@@ -541,7 +542,7 @@ class SharingLFUPolicy(_BlockPolicy):
         w = self._weight_now()
         self._own[block_id] += w
         self._score[block_id] += w
-        self._heap.push(block_id, self._score[block_id])
+        self._push(block_id)
 
     def _on_remove(self, block_id: str) -> None:
         del self._own[block_id], self._score[block_id]
@@ -559,7 +560,7 @@ class SharingLFUPolicy(_BlockPolicy):
         self._demand[model] = self._demand.get(model, 0.0) + delta
         for block_id in self._blocks_of.get(model, ()):
             self._score[block_id] += delta
-            self._heap.push(block_id, self._score[block_id])
+            self._push(block_id)
 
     def _on_models_changed(self, block_id: str) -> None:
         self._refresh(block_id)
@@ -594,7 +595,10 @@ class SharingLFUPolicy(_BlockPolicy):
     def _refresh(self, block_id: str) -> None:
         score = self._own[block_id] + sum(self._demand.get(m, 0.0) for m in self._models[block_id])
         self._score[block_id] = score
-        self._heap.push(block_id, score)
+        self._push(block_id)
+
+    def _push(self, block_id: str) -> None:
+        self._heap.push(block_id, self._score[block_id])
 
     def _decay_since_epoch(self) -> float:
         return float(2.0 ** (-(self._clock() - self._epoch) / self.half_life_s))
@@ -621,7 +625,7 @@ class SharingLFUPolicy(_BlockPolicy):
         self._heap.clear()
         for block_id in order:
             self._score[block_id] *= factor
-            self._heap.push(block_id, self._score[block_id])
+            self._push(block_id)
 
 
 POLICIES: Final[dict[str, type[_BlockPolicy]]] = {
@@ -649,9 +653,9 @@ def make_policy(
         )
     if half_life_s is None:
         return cls(capacity_bytes, clock=clock)
-    if cls is not SharingLFUPolicy:
+    if not issubclass(cls, SharingLFUPolicy):
         raise BadInput(f"policy {name!r} does not decay; drop half_life_s", policy=name)
-    return SharingLFUPolicy(capacity_bytes, clock=clock, half_life_s=half_life_s)
+    return cls(capacity_bytes, clock=clock, half_life_s=half_life_s)
 
 
 def serve_request(
@@ -660,13 +664,16 @@ def serve_request(
     blocks: Mapping[str, int],
     *,
     granularity: Literal["block", "model"] = "block",
+    users: Mapping[str, Iterable[str]] | None = None,
 ) -> AccessInfo:
     """Serve one model request through a policy: count demand, hit or fetch and admit each object.
 
-    `blocks` maps the block ids the request reads to their sizes, in reading order. At
-    granularity "model" the whole model is one object named `model` whose size is the sum of
-    its blocks (no sharing: every model stores its own copy of a backbone). A missed object is
-    stored after evicting victims, or bypassed when it is not admitted or pins leave no room.
+    `blocks` maps the block ids the request reads to their sizes, in reading order; `users`
+    maps a block id to every model known (from manifests) to use it, declared when the block is
+    stored (default: the requesting model only). At granularity "model" the whole model is one
+    object named `model` whose size is the sum of its blocks (no sharing: every model stores its
+    own copy of a backbone). A missed object is stored after evicting victims, or bypassed when
+    it is not admitted or pins leave no room.
     """
     objects = {model: sum(blocks.values())} if granularity == "model" else blocks
     policy.record_request(model)
@@ -689,7 +696,8 @@ def serve_request(
         except CapacityExceeded:
             bypassed.append(object_id)
             continue
-        policy.insert(object_id, size, models=(model,))
+        known = users.get(object_id, ()) if users is not None and granularity == "block" else ()
+        policy.insert(object_id, size, models=(model, *known))
     return AccessInfo(
         model=model,
         hits=hits,

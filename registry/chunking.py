@@ -59,7 +59,8 @@ def plan_segments(
     if kind == "raw":
         return _slices(0, size, max_block_size)
     prefix_len = min(size, 8 + _peek_header_len(buf))
-    header = parse_header(memoryview(buf)[:prefix_len], file_size=size, name=name)
+    # A copy of the (small, bounded) header: no view of a mapped file may outlive a failure.
+    header = parse_header(bytes(buf[:prefix_len]), file_size=size, name=name)
     segments = _slices(0, header.data_start, max_block_size)
     for tensor in header.tensors:
         segments.extend(_slices(tensor.start, tensor.end, max_block_size))
@@ -80,17 +81,16 @@ def chunk_buffer(
     validate_file_path(path)
     kind: FileKind = "safetensors" if path.endswith(".safetensors") else "raw"
     segments = plan_segments(buf, kind=kind, name=path, max_block_size=max_block_size)
-    view = memoryview(buf)
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    refs = []
+    with memoryview(buf) as view, ThreadPoolExecutor(max_workers=1) as pool:
         sha_future = pool.submit(_sha256, view)
-        refs = []
         for start, end in segments:
-            d = digest_of(view[start:end])
+            with view[start:end] as piece:
+                d = digest_of(piece)
             refs.append(BlockRef(d.block_id, d.blake3, d.size))
             if progress is not None:
                 progress(d.size)
         sha256 = sha_future.result()
-    view.release()
     manifest = FileManifest(path, len(buf), sha256, tuple(refs), kind)
     return manifest, tuple(start for start, _ in segments)
 
@@ -152,7 +152,8 @@ def _sha256(view: memoryview) -> str:
     h = hashlib.sha256()
     step = 64 * 1024 * 1024
     for start in range(0, len(view), step):
-        h.update(view[start : start + step])
+        with view[start : start + step] as piece:
+            h.update(piece)
     return h.hexdigest()
 
 

@@ -9,7 +9,7 @@ leaves the store and the catalogue untouched.
 import asyncio
 import mmap
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +32,7 @@ from registry.lora import read_lora_config
 __all__ = ("HttpTarget", "LocalTarget", "PublishReport", "PublishTarget", "publish_path")
 
 UPLOAD_CONCURRENCY: Final = 4
+_UPLOAD_PIECE_BYTES: Final = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,8 +147,17 @@ class HttpTarget:
 
     async def upload(self, ref: BlockRef, data: memoryview) -> None:
         """PUT one block with its BLAKE3 digest."""
-        headers = {"X-Blake3": ref.blake3, "Content-Type": "application/octet-stream"}
-        async with self.session.put(f"{self.url}/v1/blocks/{ref.block_id}", data=bytes(data), headers=headers) as resp:
+        headers = {
+            "X-Blake3": ref.blake3,
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(len(data)),
+        }
+
+        async def body() -> AsyncIterator[bytes]:
+            for start in range(0, len(data), _UPLOAD_PIECE_BYTES):
+                yield bytes(data[start : start + _UPLOAD_PIECE_BYTES])
+
+        async with self.session.put(f"{self.url}/v1/blocks/{ref.block_id}", data=body(), headers=headers) as resp:
             await raise_for_status(resp)
 
     async def publish(self, manifest: ModelManifest, tag: str) -> dict[str, Any]:

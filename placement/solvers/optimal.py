@@ -43,7 +43,7 @@ def optimal(
             [set() for _ in problem.servers],
             solver="optimal",
             runtime_s=time.perf_counter() - start,
-            info={"status": "trivial", "gap": 0.0, "bound": 0.0},
+            info={"status": "trivial", "gap": 0.0, "bound": 0.0, "optimal": True},
         )
     c, constraints, n_x, n_y = _formulation(problem)
     integrality = np.concatenate([np.ones(n_x + n_y), np.zeros(len(c) - n_x - n_y)])

@@ -1,0 +1,3 @@
+"""The local cluster launcher (`cachenet up`) and the demo's model generator."""
+
+__all__: tuple[str, ...] = ()

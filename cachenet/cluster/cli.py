@@ -1,0 +1,61 @@
+"""`cachenet up`: run the local cluster on loopback ports, optionally with the demo."""
+
+import argparse
+import asyncio
+import json
+import secrets
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from cachenet.cluster.demo import run_demo
+from cachenet.cluster.launcher import Cluster
+
+__all__ = ("register",)
+
+
+def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Add `up` to the `cachenet` parser."""
+    up = sub.add_parser("up", help="run a local cluster (origin, ...) on loopback ports; Ctrl-C stops it")
+    up.add_argument("--data", type=Path, default=Path("cachenet-data"), help="data folder of the whole cluster (default ./cachenet-data)")
+    up.add_argument("--base-port", type=int, default=8700, help="first port; servers take the following ones (default 8700)")
+    up.add_argument("--token", help="operator token (default: a new random one, saved in DATA/token)")
+    up.add_argument("--demo", action="store_true", help="publish the real model and LoRA variants, then pull one as a device")
+    up.add_argument("--exit-after-demo", action="store_true", help="stop the cluster when the demo is done (for scripts and tests)")
+    up.add_argument("--json", action="store_true", help="print the demo summary as JSON")
+    up.set_defaults(func=_up)
+
+
+def _up(args: argparse.Namespace) -> int:
+    data: Path = args.data.resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    token_file = data / "token"
+    token = args.token or (token_file.read_text().strip() if token_file.exists() else secrets.token_urlsafe(24))
+    token_file.write_text(token)
+    token_file.chmod(0o600)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with Cluster(data) as cluster:
+        origin_url = f"http://127.0.0.1:{args.base_port}"
+        cluster.start("origin", origin_url, ["origin", "serve", "--data", str(data / "origin"),
+                                             "--port", str(args.base_port), "--token", token])
+        print(f"origin      {origin_url}   (logs in {data / 'logs'})", flush=True)
+        print(f"operator token in {token_file}", flush=True)
+        if args.demo:
+            summary = asyncio.run(run_demo(origin_url=origin_url, token=token, work_dir=data / "demo"))
+            if args.json:
+                print(json.dumps(summary, indent=2))
+            else:
+                for line in summary["lines"]:
+                    print(line)
+        if args.exit_after_demo:
+            return 0
+        print("cluster running; press Ctrl-C to stop", flush=True)
+        try:
+            while not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+        print("stopping the cluster", file=sys.stderr)
+    return 0

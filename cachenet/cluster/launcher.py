@@ -1,0 +1,97 @@
+"""Starting and stopping the local cluster's server processes, with no orphans left behind."""
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Self
+
+from cachenet.errors import UpstreamUnavailable
+
+__all__ = ("Cluster", "ServerProcess")
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S: Final = 60.0
+STOP_TIMEOUT_S: Final = 10.0
+
+
+@dataclass
+class ServerProcess:
+    """One server of the cluster: its role, URL, command line and log file."""
+
+    name: str
+    url: str
+    argv: list[str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+
+class Cluster:
+    """Processes started together and stopped together (SIGTERM, then SIGKILL after a grace period)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.servers: list[ServerProcess] = []
+
+    def start(self, name: str, url: str, args: Sequence[str]) -> ServerProcess:
+        """Start `python -m cachenet ARGS` and wait until its /healthz answers."""
+        log_path = self.data_dir / "logs" / f"{name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        server = ServerProcess(name, url, [sys.executable, "-m", "cachenet", *args], log_path)
+        with open(log_path, "ab") as out:
+            server.process = subprocess.Popen(
+                server.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        self.servers.append(server)
+        self._wait_healthy(server)
+        return server
+
+    def stop(self) -> None:
+        """Stop every server: SIGTERM, wait, then SIGKILL whatever is left."""
+        running = [s for s in self.servers if s.process is not None and s.process.poll() is None]
+        for s in running:
+            assert s.process is not None
+            s.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for s in running:
+            assert s.process is not None
+            try:
+                s.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in time; killing it", s.name)
+                s.process.kill()
+                s.process.wait()
+        self.servers.clear()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _wait_healthy(self, server: ServerProcess) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        assert server.process is not None
+        while time.monotonic() < deadline:
+            if server.process.poll() is not None:
+                tail = server.log_path.read_text(errors="replace")[-2000:]
+                raise UpstreamUnavailable(f"{server.name} exited with {server.process.returncode}:\n{tail}")
+            try:
+                with urllib.request.urlopen(server.url + "/healthz", timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.1)
+        raise UpstreamUnavailable(f"{server.name} did not become healthy within {START_TIMEOUT_S:.0f} s")

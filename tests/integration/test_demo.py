@@ -1,0 +1,41 @@
+"""The README's first command, end to end: `cachenet up --demo` starts the cluster, runs the demo, stops."""
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _free_port_block(n: int) -> int:
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + n < 65000 and all(_free(base + i) for i in range(n)):
+            return base
+    raise RuntimeError("no free port block")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def test_up_demo_runs_end_to_end_and_leaves_no_process(tmp_path: Path) -> None:
+    data = tmp_path / "cluster"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cachenet", "up", "--data", str(data), "--base-port", str(_free_port_block(8)),
+         "--demo", "--exit-after-demo", "--json"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert summary["device_pull_identical"] is True
+    assert summary["bytes_deduplicated"] > 4 * 80_000_000  # four LoRA variants did not copy the base
+    leftover = subprocess.run(["pgrep", "-f", str(data)], capture_output=True, text=True).stdout.split()
+    assert leftover == []
