@@ -319,6 +319,11 @@ class BlockWriter:
         self._done = False
 
     @property
+    def temp_path(self) -> Path:
+        """The temporary file the block is being written to (readable while it grows)."""
+        return self._tmp
+
+    @property
     def written(self) -> int:
         """Bytes written so far."""
         return self._hasher.size

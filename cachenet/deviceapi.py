@@ -31,7 +31,10 @@ from cachenet.openapi import ApiDoc
 from cachenet.ranges import parse_range
 
 __all__ = (
+    "BLAKE3_HEADER",
+    "CELL_HEADER",
     "MODEL_NAME_PATTERN",
+    "ONLY_IF_CACHED_HEADER",
     "BlockHandle",
     "LocalBlock",
     "ModelSource",
@@ -45,6 +48,8 @@ MODEL_NAME_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-
 _BLOCK_PATTERN: Final = r"[^/]+"
 IMMUTABLE: Final = "public, max-age=31536000, immutable"
 CELL_HEADER: Final = "X-Cachenet-Cell"
+ONLY_IF_CACHED_HEADER: Final = "X-Cachenet-Only-If-Cached"
+BLAKE3_HEADER: Final = "X-Block-Blake3"
 # Files at least this big, and every safetensors file, are presented as Git LFS files,
 # whose Hugging Face ETag is the SHA-256 of the content (clients verify downloads with it).
 LFS_MIN_BYTES: Final = 10 * 1024 * 1024
@@ -56,12 +61,14 @@ class LocalBlock:
 
     path: Path
     size: int
+    blake3: str | None = None
 
 
 class StreamingBlock(Protocol):
     """A block still arriving (cut-through), readable by range as its bytes come in."""
 
     size: int
+    blake3: str | None
 
     def iter_range(self, start: int, end: int) -> AsyncIterator[bytes]:
         """Yield bytes [start, end) as they become available."""
@@ -84,12 +91,18 @@ class ModelSource(Protocol):
         """The manifest of a model revision or tag; raises `ModelNotFound`."""
         ...
 
-    async def open_block(self, block_id: str, *, blake3: str | None = None) -> BlockHandle:
-        """A block ready to send; raises `BlockNotFound` (or an upstream error on a failed miss)."""
+    async def open_block(
+        self, block_id: str, *, blake3: str | None = None, model: str | None = None, only_if_cached: bool = False
+    ) -> BlockHandle:
+        """A block ready to send; raises `BlockNotFound` (or an upstream error on a failed miss).
+
+        `model` names the model whose file is being served (for sharing-aware caching);
+        `only_if_cached` forbids an upstream fetch (peers ask that way, so misses never cascade).
+        """
         ...
 
-    def note_request(self, manifest: ModelManifest, *, cell: str | None) -> None:
-        """Count a device's request for a model (demand statistics)."""
+    def note_request(self, manifest: ModelManifest, f: FileManifest, *, cell: str | None) -> None:
+        """Count a device's request for a file of a model (demand statistics)."""
         ...
 
 
@@ -156,8 +169,11 @@ class _DeviceApi:
         etag = f'"{block_id}"'
         if request.headers.get("If-None-Match") == etag:
             return web.Response(status=304, headers={"ETag": etag, "Cache-Control": IMMUTABLE})
-        handle = await self.source.open_block(block_id)
+        only_if_cached = request.headers.get(ONLY_IF_CACHED_HEADER) == "1"
+        handle = await self.source.open_block(block_id, only_if_cached=only_if_cached)
         headers = {"ETag": etag, "Cache-Control": IMMUTABLE, "Content-Type": "application/octet-stream"}
+        if handle.blake3:
+            headers[BLAKE3_HEADER] = handle.blake3
 
         async def pieces(start: int, end: int) -> AsyncIterator[Piece]:
             yield handle, start, end
@@ -179,7 +195,7 @@ class _DeviceApi:
     async def get_file(self, request: web.Request) -> web.StreamResponse:
         manifest = await self._manifest(request)
         f = manifest.file(validate_file_path(request.match_info["path"]))
-        self.source.note_request(manifest, cell=request.headers.get(CELL_HEADER))
+        self.source.note_request(manifest, f, cell=request.headers.get(CELL_HEADER))
         return await self._send_file(request, manifest, f)
 
     async def hf_model_info(self, request: web.Request) -> web.Response:
@@ -236,7 +252,7 @@ class _DeviceApi:
     async def hf_resolve(self, request: web.Request) -> web.StreamResponse:
         manifest = await self._manifest(request)
         f = manifest.file(validate_file_path(request.match_info["path"]))
-        self.source.note_request(manifest, cell=request.headers.get(CELL_HEADER))
+        self.source.note_request(manifest, f, cell=request.headers.get(CELL_HEADER))
         return await self._send_file(request, manifest, f)
 
     # -- helpers ---------------------------------------------------------------------
@@ -259,7 +275,7 @@ class _DeviceApi:
             headers["X-Linked-Size"] = str(f.size)
         if request.headers.get("If-None-Match") == etag:
             return web.Response(status=304, headers=headers)
-        return await self._send(request, f.size, headers, _FileParts(self.source, f).pieces)
+        return await self._send(request, f.size, headers, _FileParts(self.source, f, manifest.name).pieces)
 
     async def _send(
         self,
@@ -285,16 +301,23 @@ class _DeviceApi:
         await resp.prepare(request)
         pacer = self.source.pacer
         piece = first
-        while piece is not None:
-            handle, lo, hi = piece
-            if isinstance(handle, LocalBlock):
-                await send_file_range(request, resp, handle.path, lo, hi, pacer=pacer)
-            else:
-                async for chunk in handle.iter_range(lo, hi):
-                    if pacer is not None:
-                        await pacer(len(chunk))
-                    await resp.write(chunk)
-            piece = await anext(pieces, None)
+        try:
+            while piece is not None:
+                handle, lo, hi = piece
+                if isinstance(handle, LocalBlock):
+                    await send_file_range(request, resp, handle.path, lo, hi, pacer=pacer)
+                else:
+                    async for chunk in handle.iter_range(lo, hi):
+                        if pacer is not None:
+                            await pacer(len(chunk))
+                        await resp.write(chunk)
+                piece = await anext(pieces, None)
+        except BaseException:
+            # The status line is out: the only honest signal left is to cut the
+            # connection, so the client sees a short body instead of waiting forever.
+            if request.transport is not None:
+                request.transport.close()
+            raise
         await resp.write_eof()
         return resp
 
@@ -305,10 +328,10 @@ Piece = tuple[BlockHandle, int, int]
 class _FileParts:
     """The block pieces that make bytes [start, end) of a file, opened one at a time."""
 
-    def __init__(self, source: ModelSource, f: FileManifest) -> None:
-        self.source, self.f = source, f
+    def __init__(self, source: ModelSource, f: FileManifest, model: str) -> None:
+        self.source, self.f, self.model = source, f, model
 
     async def pieces(self, start: int, end: int) -> AsyncIterator[Piece]:
         for ref, lo, hi in self.f.segments_in(start, end):
-            yield await self.source.open_block(ref.block_id, blake3=ref.blake3), lo, hi
+            yield await self.source.open_block(ref.block_id, blake3=ref.blake3, model=self.model), lo, hi
 

@@ -1,12 +1,12 @@
 """Errors of the placement controller, rooted in `PlacementError` (itself a `CachenetError`).
 
-    CachenetError
-    └── PlacementError
-        ├── TopologyInvalid (BadInput)          a topology file or dict is malformed
-        ├── ScenarioInvalid (BadInput)          a scenario file, model list or demand is malformed
-        ├── PlacementInfeasible (BadInput)      a placement breaks a capacity or misses blocks
-        ├── SolverRefused (BadInput)            a solver will not run on this instance
-        └── Unreachable (BadInput)              a node cannot be reached over the backhaul
+CachenetError
+└── PlacementError
+    ├── TopologyInvalid (BadInput)          a topology file or dict is malformed
+    ├── ScenarioInvalid (BadInput)          a scenario file, model list or demand is malformed
+    ├── PlacementInfeasible (BadInput)      a placement breaks a capacity or misses blocks
+    ├── SolverRefused (BadInput)            a solver will not run on this instance
+    └── Unreachable (BadInput)              a node cannot be reached over the backhaul
 """
 
 from cachenet.errors import BadInput, CachenetError

@@ -1,4 +1,4 @@
-"""Latency model: Shannon wireless rates, backhaul transfer times, and who can serve a request in time.
+"""Latency model: Shannon wireless rates, backhaul transfer times, who can serve a request in time.
 
 Latency of delivering model i (size S_i bytes) to user k from server n:
 
@@ -97,7 +97,7 @@ def eligible_mask(
 
 
 def _per_byte(topology: Topology, rates: np.ndarray) -> np.ndarray:
-    """Seconds per byte (users x servers): wireless hop plus backhaul from n to the serving server."""
+    """Seconds per byte (users x servers): wireless hop plus backhaul from n to the serving one."""
     index = {s: i for i, s in enumerate(topology.server_ids())}
     serving = np.array([index[u.server] for u in topology.users], dtype=np.int64)
     backhaul = backhaul_s_per_byte(topology)

@@ -71,13 +71,23 @@ class PlacementProblem:
     model_request_ptr: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
-        n_blocks, n_models, n_req = len(self.block_members), len(self.models), len(self.request_model)
+        n_blocks, n_models, n_req = (
+            len(self.block_members),
+            len(self.models),
+            len(self.request_model),
+        )
         if len(self.capacities) != len(self.servers) or len(self.member_sizes) != n_blocks:
-            raise ScenarioInvalid("servers/capacities or blocks/sizes differ in length", field="problem")
+            raise ScenarioInvalid(
+                "servers/capacities or blocks/sizes differ in length", field="problem"
+            )
         if len(self.model_blocks) != n_models or len(self.request_weight) != n_req:
-            raise ScenarioInvalid("models/model_blocks or requests differ in length", field="problem")
+            raise ScenarioInvalid(
+                "models/model_blocks or requests differ in length", field="problem"
+            )
         if len(self.eligible_indptr) != n_req + 1:
-            raise ScenarioInvalid("eligible_indptr must have one entry per request + 1", field="problem")
+            raise ScenarioInvalid(
+                "eligible_indptr must have one entry per request + 1", field="problem"
+            )
         if n_req and np.any(np.diff(self.request_model) < 0):
             raise ScenarioInvalid("requests must be sorted by model", field="request_model")
         sizes = np.array([sum(m) for m in self.member_sizes], dtype=np.int64)
@@ -92,7 +102,9 @@ class PlacementProblem:
 
     def eligible(self, request: int) -> np.ndarray:
         """Server indices that can serve request `request` in time."""
-        return self.eligible_indices[self.eligible_indptr[request] : self.eligible_indptr[request + 1]]
+        return self.eligible_indices[
+            self.eligible_indptr[request] : self.eligible_indptr[request + 1]
+        ]
 
     def shared_blocks(self) -> tuple[int, ...]:
         """Block groups used by two or more models."""
@@ -116,7 +128,7 @@ class PlacementProblem:
 
 @dataclass(frozen=True, slots=True)
 class Placement:
-    """A solver's answer: models and blocks per server, its hit ratio, solver name, runtime, extras."""
+    """A solver's answer: models and blocks per server, hit ratio, solver, runtime, extras."""
 
     models: Mapping[str, tuple[str, ...]]
     blocks: Mapping[str, tuple[str, ...]]
@@ -144,7 +156,7 @@ def make_problem(
     *,
     total_weight: float | None = None,
 ) -> PlacementProblem:
-    """Problem from server -> capacity, model -> {block_id: size} and (model, weight, eligible servers).
+    """Problem from server -> capacity, model -> {block_id: size}, (model, weight, eligible).
 
     Requests with the same model and eligible set are merged; blocks used by the same models
     are coalesced. `total_weight` defaults to the sum of the request weights.
@@ -158,7 +170,9 @@ def make_problem(
     for s in servers:
         cap = capacities[s]
         if isinstance(cap, bool) or not isinstance(cap, int | np.integer) or cap < 0:
-            raise ScenarioInvalid(f"capacity of {s!r} must be an int >= 0, got {cap!r}", field="capacities")
+            raise ScenarioInvalid(
+                f"capacity of {s!r} must be an int >= 0, got {cap!r}", field="capacities"
+            )
         caps.append(int(cap))
     model_names, groups, members, member_sizes = _coalesce(models)
     model_index = {m: i for i, m in enumerate(model_names)}
@@ -166,7 +180,9 @@ def make_problem(
     total = 0.0
     for model, weight, eligible in requests:
         if model not in model_index:
-            raise ScenarioInvalid(f"request for unknown model {model!r}", field="requests", model_id=model)
+            raise ScenarioInvalid(
+                f"request for unknown model {model!r}", field="requests", model_id=model
+            )
         w = float(weight)
         if not w >= 0:
             raise ScenarioInvalid(f"request weight must be >= 0, got {weight!r}", field="requests")
@@ -174,7 +190,9 @@ def make_problem(
         try:
             key = tuple(sorted({server_index[s] for s in eligible}))
         except KeyError as e:
-            raise ScenarioInvalid(f"request names unknown server {e.args[0]!r}", field="requests") from None
+            raise ScenarioInvalid(
+                f"request names unknown server {e.args[0]!r}", field="requests"
+            ) from None
         if key and w > 0:
             merged[(model_index[model], key)] += w
     items = sorted(merged.items())
@@ -314,7 +332,7 @@ def storage_used(problem: PlacementProblem, placement: Placement) -> dict[str, i
 
 
 def check_feasible(problem: PlacementProblem, placement: Placement) -> None:
-    """Raise `PlacementInfeasible` unless every placed model's blocks are stored and capacities hold."""
+    """Raise `PlacementInfeasible` unless placed models' blocks are stored and capacities hold."""
     known_servers = set(problem.servers)
     for server in set(placement.models) | set(placement.blocks):
         if server not in known_servers:
@@ -346,7 +364,10 @@ def check_feasible(problem: PlacementProblem, placement: Placement) -> None:
 def _coalesce(
     models: Mapping[str, Mapping[str, int]],
 ) -> tuple[
-    tuple[str, ...], tuple[tuple[int, ...], ...], tuple[tuple[str, ...], ...], tuple[tuple[int, ...], ...]
+    tuple[str, ...],
+    tuple[tuple[int, ...], ...],
+    tuple[tuple[str, ...], ...],
+    tuple[tuple[int, ...], ...],
 ]:
     """Group blocks by the exact set of models that use them; one group per distinct set."""
     names = tuple(models)
@@ -355,7 +376,9 @@ def _coalesce(
     for i, name in enumerate(names):
         blocks = models[name]
         if not isinstance(blocks, Mapping):
-            raise ScenarioInvalid(f"model {name!r}: blocks must map block id -> size", model_id=name)
+            raise ScenarioInvalid(
+                f"model {name!r}: blocks must map block id -> size", model_id=name
+            )
         for block, size in blocks.items():
             if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 0:
                 raise ScenarioInvalid(
@@ -408,7 +431,9 @@ def _chosen_indices(problem: PlacementProblem, placement: Placement) -> list[set
         for model in placement.models.get(server, ()):
             if model not in model_index:
                 raise PlacementInfeasible(
-                    f"placement puts unknown model {model!r} on {server!r}", node_id=server, model_id=model
+                    f"placement puts unknown model {model!r} on {server!r}",
+                    node_id=server,
+                    model_id=model,
                 )
             picked.add(model_index[model])
         chosen.append(picked)
@@ -424,7 +449,9 @@ def _member_size_lookup(problem: PlacementProblem) -> dict[str, int]:
 
 
 def _demand_array(
-    demand: Mapping[tuple[str, str], float] | np.ndarray, users: tuple[str, ...], models: tuple[str, ...]
+    demand: Mapping[tuple[str, str], float] | np.ndarray,
+    users: tuple[str, ...],
+    models: tuple[str, ...],
 ) -> np.ndarray:
     if isinstance(demand, np.ndarray):
         if demand.shape != (len(users), len(models)):
@@ -440,12 +467,16 @@ def _demand_array(
         p = np.zeros((len(users), len(models)))
         for key, value in demand.items():
             if not isinstance(key, tuple) or len(key) != 2:
-                raise ScenarioInvalid(f"demand key must be (user, model), got {key!r}", field="demand")
+                raise ScenarioInvalid(
+                    f"demand key must be (user, model), got {key!r}", field="demand"
+                )
             user, model = key
             if user not in user_index:
                 raise ScenarioInvalid(f"demand names unknown user or cell {user!r}", field="demand")
             if model not in model_index:
-                raise ScenarioInvalid(f"demand names unknown model {model!r}", field="demand", model_id=model)
+                raise ScenarioInvalid(
+                    f"demand names unknown model {model!r}", field="demand", model_id=model
+                )
             p[user_index[user], model_index[model]] += float(value)
     if not np.all(np.isfinite(p)) or np.any(p < 0):
         raise ScenarioInvalid("demand must be finite and >= 0", field="demand")
@@ -462,16 +493,22 @@ def _requirements(
     if isinstance(given, Mapping):
         for model, t in given.items():
             if model not in col_of:
-                raise ScenarioInvalid(f"latency requirement for unknown model {model!r}", model_id=model)
+                raise ScenarioInvalid(
+                    f"latency requirement for unknown model {model!r}", model_id=model
+                )
             if not float(t) > 0:
-                raise ScenarioInvalid(f"latency requirement of {model!r} must be > 0, got {t!r}", model_id=model)
+                raise ScenarioInvalid(
+                    f"latency requirement of {model!r} must be > 0, got {t!r}", model_id=model
+                )
             # A user's own (stricter) requirement wins over the model's.
             col = col_of[model]
             own = np.array([u.latency_requirement_s or np.inf for u in topology.users])
             req[:, col] = np.minimum(float(t), own)
     elif given is not None:
         if not float(given) > 0:
-            raise ScenarioInvalid(f"latency requirement must be > 0, got {given!r}", field="latency")
+            raise ScenarioInvalid(
+                f"latency requirement must be > 0, got {given!r}", field="latency"
+            )
         own = np.array([u.latency_requirement_s or np.inf for u in topology.users])
         req[:, :] = np.minimum(float(given), own)[:, None]
     return req

@@ -65,7 +65,8 @@ def relay_plan(
     for server in needs:
         if server not in paths:
             raise Unreachable(
-                f"server {server!r} has no backhaul path to the origin at {origin!r}", node_id=server
+                f"server {server!r} has no backhaul path to the origin at {origin!r}",
+                node_id=server,
             )
     with_relay: dict[Link, int] = defaultdict(int)
     without_relay: dict[Link, int] = defaultdict(int)

@@ -62,6 +62,7 @@ _RESNET: Final = {
 BACKBONES: Final = tuple(_GPT2) + tuple(_RESNET)
 _GPT2_VOCAB: Final = 50_257
 _GPT2_CONTEXT: Final = 1024
+_DEFAULT_RADIO: Final = RadioInfo(bandwidth_hz=100e6, tx_power_dbm=43.0)  # assumed 5G small cell
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +88,9 @@ class Scenario:
         object.__setattr__(self, "model_names", tuple(self.models))
         expected = (len(self.topology.users), len(self.models))
         if self.demand.shape != expected:
-            raise ScenarioInvalid(f"demand has shape {self.demand.shape}, expected {expected}", field="demand")
+            raise ScenarioInvalid(
+                f"demand has shape {self.demand.shape}, expected {expected}", field="demand"
+            )
 
     def to_problem(self, *, capacity_bytes: int | None = None) -> PlacementProblem:
         """The placement problem; `capacity_bytes` overrides every server's capacity."""
@@ -130,7 +133,9 @@ def backbone_tensors(kind: str, *, dtype_bytes: int = 2) -> dict[str, int]:
         stem, stages, _ = _RESNET[kind]
         units = list(stem) + [n for n, count in stages for _ in range(count)]
         return {f"unit.{u:02d}": n * dtype_bytes for u, n in enumerate(units)}
-    raise ScenarioInvalid(f"unknown backbone {kind!r}; choose one of {list(BACKBONES)}", field="backbones")
+    raise ScenarioInvalid(
+        f"unknown backbone {kind!r}; choose one of {list(BACKBONES)}", field="backbones"
+    )
 
 
 def generate_scenario(
@@ -147,7 +152,7 @@ def generate_scenario(
     zipf_exponent: float = 0.8,
     latency_range_s: tuple[float, float] = (2.0, 12.0),
     backhaul_rate_bps: float = 1e9,
-    radio: RadioInfo = RadioInfo(bandwidth_hz=100e6, tx_power_dbm=43.0),
+    radio: RadioInfo = _DEFAULT_RADIO,
     overhead_s: float = 0.05,
     dtype_bytes: int = 2,
     adapter_blocks: Literal["tensor", "single"] = "tensor",
@@ -162,7 +167,9 @@ def generate_scenario(
     if servers < 1 or users < 0 or models < 0:
         raise ScenarioInvalid("servers must be >= 1, users and models >= 0", field="sizes")
     if not lora_size_range[0] <= lora_size_range[1]:
-        raise ScenarioInvalid(f"lora_size_range {lora_size_range} is empty", field="lora_size_range")
+        raise ScenarioInvalid(
+            f"lora_size_range {lora_size_range} is empty", field="lora_size_range"
+        )
     rng = np.random.default_rng(seed)
     kinds = _backbone_kinds(backbones, family)
     topology = _random_topology(
@@ -204,7 +211,9 @@ def read_scenario(path: str | Path) -> Scenario:
     try:
         topology = parse_topology(data.get("topology"))
     except TopologyInvalid as e:
-        raise ScenarioInvalid(f"topology: {e.message}", field=f"topology.{e.attrs.get('field')}") from e
+        raise ScenarioInvalid(
+            f"topology: {e.message}", field=f"topology.{e.attrs.get('field')}"
+        ) from e
     raw_models = data.get("models") or {}
     if not isinstance(raw_models, Mapping):
         raise ScenarioInvalid("models must map a name to {blocks: {...}}", field="models")
@@ -212,7 +221,9 @@ def read_scenario(path: str | Path) -> Scenario:
     info: dict[str, ModelInfo] = {}
     for name, entry in raw_models.items():
         if not isinstance(entry, Mapping) or not isinstance(entry.get("blocks"), Mapping):
-            raise ScenarioInvalid(f"models.{name}.blocks must map block id -> bytes", field=f"models.{name}")
+            raise ScenarioInvalid(
+                f"models.{name}.blocks must map block id -> bytes", field=f"models.{name}"
+            )
         models[str(name)] = {str(b): s for b, s in entry["blocks"].items()}
         req = entry.get("latency_requirement_s")
         info[str(name)] = ModelInfo(entry.get("backbone"), None if req is None else float(req))
@@ -225,12 +236,18 @@ def read_scenario(path: str | Path) -> Scenario:
         raise ScenarioInvalid("demand must map user -> {model: probability}", field="demand")
     for user, row in raw_demand.items():
         if str(user) not in user_index or not isinstance(row, Mapping):
-            raise ScenarioInvalid(f"demand.{user}: unknown user or not a mapping", field=f"demand.{user}")
+            raise ScenarioInvalid(
+                f"demand.{user}: unknown user or not a mapping", field=f"demand.{user}"
+            )
         for model, p in row.items():
             if str(model) not in model_index:
-                raise ScenarioInvalid(f"demand.{user}: unknown model {model!r}", field=f"demand.{user}")
+                raise ScenarioInvalid(
+                    f"demand.{user}: unknown model {model!r}", field=f"demand.{user}"
+                )
             if isinstance(p, bool) or not isinstance(p, int | float) or not p >= 0:
-                raise ScenarioInvalid(f"demand.{user}.{model} must be >= 0, got {p!r}", field=f"demand.{user}")
+                raise ScenarioInvalid(
+                    f"demand.{user}.{model} must be >= 0, got {p!r}", field=f"demand.{user}"
+                )
             demand[user_index[str(user)], model_index[str(model)]] = float(p)
     seed = data.get("seed")
     return Scenario(topology=topology, models=models, model_info=info, demand=demand, seed=seed)
@@ -260,7 +277,9 @@ def write_scenario(scenario: Scenario, path: str | Path) -> None:
         },
     }
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent or Path("."), prefix=f".{target.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(
+        dir=target.parent or Path("."), prefix=f".{target.name}.", suffix=".tmp"
+    )
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             yaml.dump(doc, f, Dumper=_Dumper, sort_keys=False, default_flow_style=None)
@@ -283,12 +302,19 @@ def _backbone_kinds(backbones: int | tuple[str, ...], family: str) -> tuple[str,
         return backbones
     pool = tuple(_GPT2) if family == "lora" else tuple(_RESNET)
     if not 1 <= backbones <= len(pool):
-        raise ScenarioInvalid(f"backbones must be 1..{len(pool)} for {family}, got {backbones}", field="backbones")
+        raise ScenarioInvalid(
+            f"backbones must be 1..{len(pool)} for {family}, got {backbones}", field="backbones"
+        )
     return pool[:backbones]
 
 
 def _lora_blocks(
-    name: str, kind: str, rng: np.random.Generator, size_range: tuple[int, int], dtype_bytes: int, mode: str
+    name: str,
+    kind: str,
+    rng: np.random.Generator,
+    size_range: tuple[int, int],
+    dtype_bytes: int,
+    mode: str,
 ) -> dict[str, int]:
     d, layers = _GPT2[kind]
     target = math.exp(rng.uniform(math.log(size_range[0]), math.log(size_range[1])))
@@ -304,7 +330,12 @@ def _lora_blocks(
 
 
 def _cnn_blocks(
-    name: str, kind: str, rng: np.random.Generator, units: dict[str, int], ids: dict[str, str], dtype_bytes: int
+    name: str,
+    kind: str,
+    rng: np.random.Generator,
+    units: dict[str, int],
+    ids: dict[str, str],
+    dtype_bytes: int,
 ) -> dict[str, int]:
     names = list(units)
     depth = int(rng.integers(1, len(names)))  # frozen bottom units shared with the backbone
@@ -330,7 +361,10 @@ def _random_topology(
     side = math.ceil(math.sqrt(n_servers))
     cell = area_m / side
     pos = [
-        ((c % side + 0.5) * cell + rng.uniform(-0.2, 0.2) * cell, (c // side + 0.5) * cell + rng.uniform(-0.2, 0.2) * cell)
+        (
+            (c % side + 0.5) * cell + rng.uniform(-0.2, 0.2) * cell,
+            (c // side + 0.5) * cell + rng.uniform(-0.2, 0.2) * cell,
+        )
         for c in range(n_servers)
     ]
     ids = [f"edge-{n + 1}" for n in range(n_servers)]

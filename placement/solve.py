@@ -30,7 +30,9 @@ SOLVERS: Final[dict[str, Solver]] = {
 def solver_options(solver: str) -> tuple[str, ...]:
     """Keyword options a named solver accepts."""
     if solver not in SOLVERS:
-        raise SolverRefused(f"unknown solver {solver!r}; choose one of {sorted(SOLVERS)}", solver=solver)
+        raise SolverRefused(
+            f"unknown solver {solver!r}; choose one of {sorted(SOLVERS)}", solver=solver
+        )
     params = inspect.signature(SOLVERS[solver]).parameters.values()
     return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
@@ -50,5 +52,10 @@ def solve(problem: PlacementProblem, *, solver: str, **options: Any) -> Placemen
             solver=solver,
         )
     placement = SOLVERS[solver](problem, **given)
-    log.info("placement by %s: hit ratio %.4f in %.3f s", solver, placement.hit_ratio, placement.runtime_s)
+    log.info(
+        "placement by %s: hit ratio %.4f in %.3f s",
+        solver,
+        placement.hit_ratio,
+        placement.runtime_s,
+    )
     return placement

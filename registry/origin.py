@@ -7,7 +7,7 @@ from cachenet.blockid import validate_block_id
 from cachenet.blockstore import BlockStore
 from cachenet.deviceapi import LocalBlock
 from cachenet.filesend import Pacer
-from cachenet.manifest import ModelManifest
+from cachenet.manifest import FileManifest, ModelManifest
 from registry.catalogue import Catalogue
 
 __all__ = ("OriginSource", "model_summary_json")
@@ -31,12 +31,18 @@ class OriginSource:
         """The manifest of a published revision or tag."""
         return await asyncio.to_thread(self.catalogue.manifest, name, revision)
 
-    async def open_block(self, block_id: str, *, blake3: str | None = None) -> LocalBlock:
-        """The stored block's file."""
+    async def open_block(
+        self, block_id: str, *, blake3: str | None = None, model: str | None = None, only_if_cached: bool = False
+    ) -> LocalBlock:
+        """The stored block's file, with its BLAKE3 digest from the catalogue."""
         validate_block_id(block_id)
-        return LocalBlock(self.store.path(block_id), self.store.size_of(block_id))
+        path, size = self.store.path(block_id), self.store.size_of(block_id)
+        if blake3 is None:
+            known = await asyncio.to_thread(self.catalogue.known_blocks, [block_id])
+            blake3 = known[block_id][0] if block_id in known else None
+        return LocalBlock(path, size, blake3)
 
-    def note_request(self, manifest: ModelManifest, *, cell: str | None) -> None:
+    def note_request(self, manifest: ModelManifest, f: FileManifest, *, cell: str | None) -> None:
         """The origin keeps no demand statistics (edge nodes do)."""
 
 

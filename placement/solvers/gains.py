@@ -32,7 +32,7 @@ class GainTable:
         self.covered_weight = 0.0
 
     def place(self, server: int, model: int) -> float:
-        """Cover the requests of `model` that `server` can serve; return the weight newly covered."""
+        """Cover the requests of `model` that `server` serves in time; return the weight covered."""
         p = self._problem
         a, b = int(p.model_request_ptr[model]), int(p.model_request_ptr[model + 1])
         if a == b:

@@ -1,4 +1,4 @@
-"""TrimCaching for the general case: greedy over (server, model) pairs with shared blocks stored once.
+"""TrimCaching, general case: greedy over (server, model) pairs with shared blocks stored once.
 
 Objective: maximise the hit ratio subject to, per server, the union of the placed models'
 blocks fitting the capacity. Heuristic (Qu et al., "TrimCaching", 2024, general-case greedy):

@@ -1,4 +1,4 @@
-"""The placement problem: construction, hit ratio, storage with shared blocks, feasibility checks."""
+"""The placement problem: construction, hit ratio, storage with shared blocks, feasibility."""
 
 import numpy as np
 import pytest
@@ -103,7 +103,7 @@ def _two_server_topology(rate_bps: float) -> dict[str, object]:
 
 def test_build_problem_eligibility_matches_hand_computed_latency() -> None:
     topology = parse_topology(_two_server_topology(rate_bps=8e3))
-    # wireless: path loss at 0.1 km = 128.1 - 37.6 = 90.5 dB; SNR = 30 - 90.5 - (-174 + 60) = 53.5 dB
+    # path loss at 0.1 km = 128.1 - 37.6 = 90.5 dB; SNR = 30 - 90.5 - (-174 + 60) = 53.5 dB
     rate = 1e6 * np.log2(1 + 10**5.35)
     size = 1000
     t_local = 8 * size / rate + 0.5

@@ -1,4 +1,4 @@
-"""Topology files and the latency model: parsing, validation naming the bad field, rates, backhaul."""
+"""Topology files and the latency model: parsing, validation naming the field, rates, backhaul."""
 
 import math
 from pathlib import Path
@@ -25,7 +25,10 @@ def _base() -> dict[str, object]:
             {"a": "b", "b": "c", "rate_bps": 8e6},
             {"a": "a", "b": "c", "rate_bps": 1e6},
         ],
-        "users": [{"id": "u1", "position": [900, 10]}, {"id": "u2", "position": [10, 0], "server": "c"}],
+        "users": [
+            {"id": "u1", "position": [900, 10]},
+            {"id": "u2", "position": [10, 0], "server": "c"},
+        ],
     }
 
 
@@ -46,7 +49,14 @@ def test_demo_topology_has_ids_and_ports() -> None:
 
 @pytest.mark.parametrize(
     ("text", "size"),
-    [("4GB", 4 * 10**9), ("512MiB", 512 * 2**20), ("300 MB", 300 * 10**6), (1234, 1234), ("7", 7), ("1.5KiB", 1536)],
+    [
+        ("4GB", 4 * 10**9),
+        ("512MiB", 512 * 2**20),
+        ("300 MB", 300 * 10**6),
+        (1234, 1234),
+        ("7", 7),
+        ("1.5KiB", 1536),
+    ],
 )
 def test_parse_size(text: object, size: int) -> None:
     assert parse_size(text) == size

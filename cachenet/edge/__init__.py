@@ -1,0 +1,3 @@
+"""The edge node: a capacity-bounded block cache in front of peers and the origin."""
+
+__all__: tuple[str, ...] = ()

@@ -1,0 +1,98 @@
+"""The edge node server: the device API from its cache, node state, plans, metrics."""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from cachenet.deviceapi import add_device_routes
+from cachenet.edge.cache import EdgeCache
+from cachenet.edge.config import EdgeSettings
+from cachenet.edge.demand import DemandStats
+from cachenet.edge.keys import cache_key, demand_key, manifests_key, settings_key
+from cachenet.edge.manifests import ManifestCache
+from cachenet.edge.routes import add_node_routes
+from cachenet.edge.source import EdgeSource
+from cachenet.metrics import metrics_handler
+from cachenet.middlewares import error_middleware
+from cachenet.openapi import ApiDoc
+from cachenet.pacer import TokenBucket
+
+__all__ = ("create_app",)
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: EdgeSettings) -> web.Application:
+    """The edge node's aiohttp application."""
+    app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024 * 1024)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    cache = EdgeCache(settings)
+    manifests = ManifestCache(
+        settings.data_dir / "manifests",
+        origin_url=settings.origin_url,
+        session=lambda: cache.session,
+        ttl_s=settings.manifest_ttl_s,
+        on_manifest=cache.on_manifest,
+    )
+    demand = DemandStats()
+    app[settings_key] = settings
+    app[cache_key] = cache
+    app[manifests_key] = manifests
+    app[demand_key] = demand
+    pacer = TokenBucket(settings.egress_rate) if settings.egress_rate else None
+    doc = ApiDoc(f"cachenet edge node {settings.node_id}")
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/metrics", metrics_handler(cache.metrics.registry))
+    app.router.add_get("/openapi.json", doc.handle)
+    add_node_routes(app, doc)
+    add_device_routes(app, EdgeSource(cache, manifests, demand, pacer), doc)
+    app.cleanup_ctx.append(_lifecycle)
+    return app
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    settings = request.app[settings_key]
+    store = request.app[cache_key].store
+    return web.json_response({"status": "ok", "role": "edge", "node_id": settings.node_id,
+                              "used_bytes": store.used_bytes, "capacity_bytes": settings.capacity_bytes})
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    cache, settings = app[cache_key], app[settings_key]
+    await cache.start()
+    tasks = [asyncio.create_task(_save_state_periodically(app))]
+    if settings.controller_url:
+        tasks.append(asyncio.create_task(_refresh_lookup(app)))
+    yield
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await cache.close()
+
+
+async def _save_state_periodically(app: web.Application) -> None:
+    cache, settings = app[cache_key], app[settings_key]
+    while True:
+        await asyncio.sleep(settings.state_save_interval_s)
+        try:
+            await asyncio.to_thread(cache.save_state)
+        except OSError as e:
+            log.warning("could not save the policy state: %s", e)
+
+
+async def _refresh_lookup(app: web.Application) -> None:
+    """Keep the controller's block → nodes table (which peer holds what)."""
+    cache, settings = app[cache_key], app[settings_key]
+    assert settings.controller_url is not None
+    url = settings.controller_url.rstrip("/") + "/v1/lookup"
+    while True:
+        try:
+            async with cache.session.get(url) as resp:
+                if resp.status == 200:
+                    doc = await resp.json()
+                    cache.lookup = {str(k): [str(u) for u in v] for k, v in doc.get("blocks", {}).items()}
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as e:
+            log.warning("controller %s unreachable, keeping the last lookup table: %r", url, e)
+        await asyncio.sleep(settings.lookup_refresh_s)

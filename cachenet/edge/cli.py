@@ -1,0 +1,44 @@
+"""`cachenet edge serve`."""
+
+import argparse
+import os
+from pathlib import Path
+
+from cachenet.config import load_settings
+from cachenet.edge.config import DEFAULT_EDGE_PORT, POLICY_NAMES, EdgeSettings
+from cachenet.units import parse_rate, parse_size
+
+__all__ = ("register",)
+
+
+def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Add `edge serve` to the `cachenet` parser."""
+    edge = sub.add_parser("edge", help="an edge cache node")
+    edge_sub = edge.add_subparsers(dest="edge_command", metavar="ACTION", required=True)
+    serve = edge_sub.add_parser("serve", help="run an edge node")
+    serve.add_argument("--config", type=Path, help="settings file (TOML or YAML)")
+    serve.add_argument("--node-id", help="this node's id (default edge-1)")
+    serve.add_argument("--data", dest="data_dir", type=Path, help="data folder (default cachenet-data/edge-1)")
+    serve.add_argument("--capacity", dest="capacity_bytes", type=parse_size, help="storage budget, e.g. 10GiB (default 10GiB)")
+    serve.add_argument("--origin", dest="origin_url", help="origin URL (default http://127.0.0.1:8700)")
+    serve.add_argument("--peer", dest="peers", action="append", help="a peer edge node URL (repeatable)")
+    serve.add_argument("--controller", dest="controller_url", help="controller URL (for the block → node lookup table)")
+    serve.add_argument("--policy", choices=POLICY_NAMES, help="replacement policy (default sharing-lfu)")
+    serve.add_argument("--egress-rate", type=parse_rate, help="cap on the sending rate, e.g. 100Mbit or 50MB")
+    serve.add_argument("--token", help="operator bearer token (default $CACHENET_TOKEN)")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help=f"port (default {DEFAULT_EDGE_PORT})")
+    serve.add_argument("--public-url", help="URL peers reach this node at (default http://HOST:PORT)")
+    serve.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from cachenet.edge.app import create_app
+    from cachenet.serve import run_app
+
+    keys = ("node_id", "data_dir", "capacity_bytes", "origin_url", "controller_url", "policy",
+            "egress_rate", "token", "host", "port", "public_url")
+    overrides = {k: getattr(args, k) for k in keys}
+    overrides["peers"] = tuple(args.peers) if args.peers else None
+    settings = load_settings(EdgeSettings, args.config, os.environ, overrides)
+    return run_app(create_app(settings), host=settings.host, port=settings.port, name=f"edge {settings.node_id}")

@@ -1,0 +1,41 @@
+"""Prometheus metrics of an edge node (one registry per node)."""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+__all__ = ("EdgeMetrics",)
+
+
+class EdgeMetrics:
+    """Every counter and gauge an edge node exports at /metrics."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.block_requests = Counter(
+            "cachenet_edge_block_requests", "Block requests by result (hit, miss)", ["result"], registry=r
+        )
+        self.model_requests = Counter(
+            "cachenet_edge_model_block_requests", "Block requests per model by result", ["model", "result"], registry=r
+        )
+        self.bytes_served = Counter("cachenet_edge_bytes_served", "Bytes of blocks handed to requesters", registry=r)
+        self.bytes_fetched = Counter(
+            "cachenet_edge_bytes_fetched", "Bytes fetched upstream by source kind (peer, origin)", ["source"], registry=r
+        )
+        self.upstream_errors = Counter(
+            "cachenet_edge_upstream_errors", "Failed upstream fetches by source kind and reason", ["source", "reason"],
+            registry=r,
+        )
+        self.evictions = Counter("cachenet_edge_evictions", "Blocks evicted by the replacement policy", ["policy"], registry=r)
+        self.singleflight_merged = Counter(
+            "cachenet_edge_singleflight_merged", "Requests that joined an upstream fetch already under way", registry=r
+        )
+        self.not_admitted = Counter(
+            "cachenet_edge_not_admitted", "Blocks served cut-through without being stored", registry=r
+        )
+        self.used_bytes = Gauge("cachenet_edge_used_bytes", "Bytes held by the store", registry=r)
+        self.capacity_bytes = Gauge("cachenet_edge_capacity_bytes", "Storage capacity", registry=r)
+        self.pinned_bytes = Gauge("cachenet_edge_pinned_bytes", "Bytes pinned by the placement plan", registry=r)
+        self.sharing_saved_bytes = Gauge(
+            "cachenet_edge_sharing_saved_bytes",
+            "Bytes that storing every cached model whole would take, minus the bytes stored",
+            registry=r,
+        )

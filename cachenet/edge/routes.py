@@ -1,0 +1,95 @@
+"""Node routes of the edge: its state and demand (read-only) and the placement plan (operator)."""
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from cachenet.blockid import validate_blake3, validate_block_id
+from cachenet.errors import BadInput
+from cachenet.manifest import BlockRef
+from cachenet.middlewares import require_token
+from cachenet.openapi import ApiDoc
+from cachenet.edge.keys import cache_key, demand_key, manifests_key, settings_key
+
+__all__ = ("add_node_routes",)
+
+MAX_PLAN_BYTES = 64 * 1024 * 1024
+
+
+def add_node_routes(app: web.Application, doc: ApiDoc) -> None:
+    """Register /v1/node/* on `app`."""
+    r = app.router
+    doc.route(r, "GET", "/v1/node/state", node_state, summary="Capacity, bytes used, pinned vs cached, per-model completeness")
+    doc.route(r, "GET", "/v1/node/demand", node_demand, summary="Decayed request counts per model revision and cell")
+    doc.route(r, "PUT", "/v1/node/plan", put_plan, operator=True,
+              summary="Apply a placement plan: the blocks this node must hold",
+              body={"application/json": {"schema": {"type": "object", "required": ["blocks"], "properties": {
+                  "plan_id": {"type": "string"}, "blocks": {"type": "array"}}}}})
+    doc.route(r, "GET", "/v1/node/plan", get_plan, summary="The plan being applied and its progress")
+
+
+async def node_state(request: web.Request) -> web.Response:
+    """GET /v1/node/state."""
+    app = request.app
+    cache, settings = app[cache_key], app[settings_key]
+    store = cache.store
+    held = store.sizes()
+    models = []
+    for m in app[manifests_key].latest().values():
+        blocks = m.unique_blocks()
+        have = sum(r.size for b, r in blocks.items() if b in held)
+        total = sum(r.size for r in blocks.values())
+        models.append({"name": m.name, "revision": m.revision, "bytes": total, "held_bytes": have,
+                       "complete": have == total, "fraction": have / total if total else 1.0})
+    pinned = cache.pinned_bytes()
+    body: dict[str, Any] = {
+        "node_id": settings.node_id,
+        "url": settings.url,
+        "policy": settings.policy,
+        "capacity_bytes": settings.capacity_bytes,
+        "used_bytes": store.used_bytes,
+        "pinned_bytes": pinned,
+        "cached_bytes": store.used_bytes - pinned,
+        "blocks": len(held),
+        "plan": cache.plan.to_json(),
+        "models": sorted(models, key=lambda x: x["name"]),
+        "block_ids": sorted(held) if request.query.get("blocks") == "1" else None,
+    }
+    return web.json_response(body)
+
+
+async def node_demand(request: web.Request) -> web.Response:
+    """GET /v1/node/demand."""
+    app = request.app
+    return web.json_response({"node_id": app[settings_key].node_id, "demand": app[demand_key].snapshot()})
+
+
+async def put_plan(request: web.Request) -> web.Response:
+    """PUT /v1/node/plan {"plan_id": ..., "blocks": [[block_id, blake3, size], ...]}."""
+    app = request.app
+    require_token(request, app[settings_key].token)
+    if request.content_length is not None and request.content_length > MAX_PLAN_BYTES:
+        raise BadInput(f"plan is over {MAX_PLAN_BYTES} bytes")
+    raw = await request.content.read(MAX_PLAN_BYTES + 1)
+    try:
+        doc = json.loads(raw)
+        entries = doc["blocks"]
+        plan_id = str(doc.get("plan_id") or "manual")[:64]
+        refs = []
+        for entry in entries:
+            block_id, blake3, size = entry
+            if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+                raise BadInput(f"block size must be a positive integer, got {size!r}")
+            refs.append(BlockRef(validate_block_id(block_id), validate_blake3(blake3), size))
+    except (ValueError, KeyError, TypeError) as e:
+        if isinstance(e, BadInput):
+            raise
+        raise BadInput(f"a plan is {{'plan_id': str, 'blocks': [[block_id, blake3, size], ...]}}: {e}") from None
+    status = await app[cache_key].apply_plan(plan_id, refs)
+    return web.json_response(status.to_json(), status=202)
+
+
+async def get_plan(request: web.Request) -> web.Response:
+    """GET /v1/node/plan."""
+    return web.json_response(request.app[cache_key].plan.to_json())
