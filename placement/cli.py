@@ -11,6 +11,7 @@ from placement.problem import check_feasible, storage_used
 from placement.scenario import generate_scenario, read_scenario, write_scenario
 from placement.solve import SOLVERS, solve, solver_options
 from placement.topology import parse_size
+from placement.servicecli import add_controller_command, add_service_commands
 
 __all__ = ("add_placement_commands", "register")
 
@@ -26,6 +27,8 @@ def register(subparsers: Any) -> None:
     )
     commands = group.add_subparsers(dest="placement_command", metavar="SUBCOMMAND", required=True)
     add_placement_commands(commands)
+    add_service_commands(commands)
+    add_controller_command(subparsers)
 
 
 def add_placement_commands(commands: Any) -> None:

@@ -11,20 +11,28 @@ from pathlib import Path
 
 from cachenet.cluster.demo import run_demo
 from cachenet.cluster.launcher import Cluster
+from cachenet.units import format_bytes
+from placement.topology import load_topology
 
 __all__ = ("register",)
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add `up` to the `cachenet` parser."""
-    up = sub.add_parser("up", help="run a local cluster (origin, ...) on loopback ports; Ctrl-C stops it")
+    up = sub.add_parser("up", help="run a local cluster (origin, edge nodes, controller) on loopback ports; Ctrl-C stops it")
     up.add_argument("--data", type=Path, default=Path("cachenet-data"), help="data folder of the whole cluster (default ./cachenet-data)")
     up.add_argument("--base-port", type=int, default=8700, help="first port; servers take the following ones (default 8700)")
     up.add_argument("--token", help="operator token (default: a new random one, saved in DATA/token)")
+    up.add_argument("--topology", type=Path, default=None, help="topology YAML (default: the demo topology, 3 edge nodes)")
     up.add_argument("--demo", action="store_true", help="publish the real model and LoRA variants, then pull one as a device")
     up.add_argument("--exit-after-demo", action="store_true", help="stop the cluster when the demo is done (for scripts and tests)")
     up.add_argument("--json", action="store_true", help="print the demo summary as JSON")
     up.set_defaults(func=_up)
+
+
+def default_topology() -> Path:
+    """The demo topology shipped in deploy/topologies (3 edge nodes)."""
+    return Path(__file__).resolve().parents[2] / "deploy" / "topologies" / "demo.yaml"
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -36,14 +44,36 @@ def _up(args: argparse.Namespace) -> int:
     token_file.chmod(0o600)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    topology_path = args.topology or default_topology()
+    topology = load_topology(topology_path)
     with Cluster(data) as cluster:
         origin_url = f"http://127.0.0.1:{args.base_port}"
+        controller_url = f"http://127.0.0.1:{args.base_port + 1}"
         cluster.start("origin", origin_url, ["origin", "serve", "--data", str(data / "origin"),
                                              "--port", str(args.base_port), "--token", token])
         print(f"origin      {origin_url}   (logs in {data / 'logs'})", flush=True)
+        edges: dict[str, str] = {}
+        for i, server in enumerate(topology.servers):
+            port = args.base_port + 2 + i
+            url = f"http://127.0.0.1:{port}"
+            cluster.start(server.id, url, [
+                "edge", "serve", "--node-id", server.id, "--data", str(data / server.id),
+                "--capacity", str(server.capacity_bytes), "--origin", origin_url, "--port", str(port),
+                "--token", token, "--controller", controller_url,
+            ])
+            edges[server.id] = url
+            print(f"{server.id:11} {url}   capacity {format_bytes(server.capacity_bytes)}", flush=True)
+        cluster.start("controller", controller_url, [
+            "controller", "serve", "--topology", str(topology_path), "--origin", origin_url,
+            "--port", str(args.base_port + 1), "--token", token, "--data", str(data / "controller"),
+            *[arg for sid, url in edges.items() for arg in ("--node", f"{sid}={url}")],
+        ])
+        print(f"controller  {controller_url}", flush=True)
         print(f"operator token in {token_file}", flush=True)
         if args.demo:
-            summary = asyncio.run(run_demo(origin_url=origin_url, token=token, work_dir=data / "demo"))
+            summary = asyncio.run(run_demo(origin_url=origin_url, controller_url=controller_url,
+                                           edge_url=next(iter(edges.values())), token=token,
+                                           work_dir=data / "demo"))
             if args.json:
                 print(json.dumps(summary, indent=2))
             else:

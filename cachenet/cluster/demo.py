@@ -5,7 +5,10 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from huggingface_hub import snapshot_download
+
+from cachenet.httpclient import auth_headers, raise_for_status
 
 from cachenet.cluster.demomodels import REAL_MODEL_NAME, make_lora_adapter, real_model_dir
 from cachenet.units import format_bytes
@@ -16,7 +19,9 @@ __all__ = ("DEMO_LORA_VARIANTS", "run_demo")
 DEMO_LORA_VARIANTS = 4
 
 
-async def run_demo(*, origin_url: str, token: str, work_dir: Path) -> dict[str, Any]:
+async def run_demo(
+    *, origin_url: str, controller_url: str, edge_url: str, token: str, work_dir: Path
+) -> dict[str, Any]:
     """Run the demo against a running cluster; returns the summary (with printable lines)."""
     target = HttpTarget(origin_url, token)
     reports = []
@@ -33,9 +38,18 @@ async def run_demo(*, origin_url: str, token: str, work_dir: Path) -> dict[str, 
     # Without block sharing every LoRA variant would be shipped as base + adapter.
     total = sum(r.total_bytes for r in reports) + base_bytes * DEMO_LORA_VARIANTS
     stored = sum(r.stored_bytes for r in reports)
+    async with aiohttp.ClientSession(headers=auth_headers(token)) as session:
+        async with session.post(f"{controller_url}/v1/placement/recompute", json={"solver": "trimcaching-gen"}) as resp:
+            await raise_for_status(resp)
+            run = await resp.json()
+        for _ in range(600):  # wait for the nodes to fetch their planned blocks
+            async with session.get(f"{edge_url}/v1/node/plan") as resp:
+                if (await resp.json())["state"] in ("applied", "incomplete"):
+                    break
+            await asyncio.sleep(0.1)
     device_dir = work_dir / "device"
     folder = await asyncio.to_thread(
-        snapshot_download, REAL_MODEL_NAME, endpoint=origin_url, cache_dir=device_dir / "hf-cache"
+        snapshot_download, REAL_MODEL_NAME, endpoint=edge_url, cache_dir=device_dir / "hf-cache"
     )
     identical = all(
         hashlib.sha256((Path(folder) / rel).read_bytes()).hexdigest()
@@ -46,8 +60,12 @@ async def run_demo(*, origin_url: str, token: str, work_dir: Path) -> dict[str, 
         f"published {len(reports)} models ({REAL_MODEL_NAME} + {DEMO_LORA_VARIANTS} LoRA variants): "
         f"{format_bytes(total)} as whole models, {format_bytes(stored)} stored, "
         f"{format_bytes(total - stored)} deduplicated",
-        f"device pull of {REAL_MODEL_NAME} through the Hugging Face API: "
+        f"placement (TrimCaching, {run['solver']}): expected hit ratio {run['hit_ratio']:.3f}, "
+        f"bytes moved to the edge nodes {format_bytes(run['bytes_moved'])}",
+        f"device pull of {REAL_MODEL_NAME} from edge node {edge_url} (Hugging Face API): "
         f"{'byte-identical' if identical else 'MISMATCH'} ({folder})",
+        f"dashboard data: {controller_url}/v1/placement and {controller_url}/v1/runs "
+        "(the web dashboard is not built yet)",
     ]
     return {
         "models": [r.to_json() for r in reports],
@@ -55,5 +73,7 @@ async def run_demo(*, origin_url: str, token: str, work_dir: Path) -> dict[str, 
         "bytes_stored": stored,
         "bytes_deduplicated": total - stored,
         "device_pull_identical": identical,
+        "hit_ratio": run["hit_ratio"],
+        "bytes_moved": run["bytes_moved"],
         "lines": lines,
     }

@@ -36,6 +36,7 @@ def test_up_demo_runs_end_to_end_and_leaves_no_process(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert summary["device_pull_identical"] is True
+    assert 0 < summary["hit_ratio"] <= 1 and summary["bytes_moved"] > 80_000_000
     assert summary["bytes_deduplicated"] > 4 * 80_000_000  # four LoRA variants did not copy the base
     leftover = subprocess.run(["pgrep", "-f", str(data)], capture_output=True, text=True).stdout.split()
     assert leftover == []
