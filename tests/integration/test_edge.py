@@ -204,3 +204,37 @@ async def test_restart_keeps_cached_blocks(
     assert len(second.app[cache_key].policy) == len(second.app[cache_key].store)
     await _pull(second, REAL_MODEL_NAME)
     assert metric(second, "cachenet_edge_bytes_fetched_total", source="origin") == 0
+
+
+async def test_a_moved_tag_is_picked_up_after_revalidation(
+    origin_server: TestServer, edge_factory: Callable[..., Any], tmp_path: Path
+) -> None:
+    first = make_lora_adapter(tmp_path / "v1", seed=1)
+    (first / "adapter_config.json").unlink()
+    r1 = await _publish(origin_server, first, "org/moving")
+    edge = await edge_factory(origin=origin_server, capacity_bytes=1 << 30, manifest_ttl_s=0.0)
+    assert await _pull(edge, "org/moving") == _originals(first)
+    second = make_lora_adapter(tmp_path / "v2", seed=2)
+    (second / "adapter_config.json").unlink()
+    r2 = await _publish(origin_server, second, "org/moving")
+    assert r1.revision != r2.revision
+    assert await _pull(edge, "org/moving") == _originals(second)
+    async with aiohttp.ClientSession() as s:  # the old commit stays addressable
+        async with s.get(f"{_url(edge)}/v1/models/org/moving/revisions/{r1.revision}") as resp:
+            assert (await resp.json())["revision"] == r1.revision
+
+
+async def test_egress_rate_caps_the_sending_rate(
+    origin_server: TestServer, edge_factory: Callable[..., Any], tmp_path: Path
+) -> None:
+    import time
+
+    await _publish(origin_server, real_model_dir(), REAL_MODEL_NAME)
+    rate = 40_000_000  # bytes/s
+    edge = await edge_factory(origin=origin_server, capacity_bytes=1 << 30, egress_rate=float(rate))
+    await _pull(edge, REAL_MODEL_NAME, ["model.safetensors"])  # warm: the miss path is not what is paced
+    started = time.perf_counter()
+    await _pull(edge, REAL_MODEL_NAME, ["model.safetensors"])
+    elapsed = time.perf_counter() - started
+    size = (real_model_dir() / "model.safetensors").stat().st_size
+    assert elapsed >= 0.8 * size / rate
