@@ -17,7 +17,6 @@ The YAML layout (positions in metres, rates in bit/s, capacities as "4GB", "512M
 """
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,8 @@ from typing import Any, Final
 import networkx as nx
 import yaml
 
+from cachenet.errors import BadInput
+from cachenet.units import parse_size as _parse_bytes
 from placement.errors import TopologyInvalid
 
 __all__ = (
@@ -45,18 +46,6 @@ __all__ = (
 
 DEFAULT_OVERHEAD_S: Final = 0.0
 DEFAULT_LATENCY_REQUIREMENT_S: Final = 10.0
-_SIZE_RE: Final = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
-_UNITS: Final = {
-    "b": 1,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,22 +126,17 @@ class Topology:
 
 def parse_size(value: object, *, field_name: str = "capacity") -> int:
     """Bytes from an int or a string like "4GB", "512MiB", "300 MB" (decimal and binary units)."""
-    if isinstance(value, bool):
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int | str):
         raise TopologyInvalid(f"{field_name}: expected a size, got {value!r}", field=field_name)
-    if isinstance(value, int):
-        size = value
-    elif isinstance(value, float) and value.is_integer():
-        size = int(value)
-    elif isinstance(value, str) and (m := _SIZE_RE.match(value)):
-        size = int(float(m.group(1)) * _UNITS[(m.group(2) or "B").lower()])
-    else:
+    try:
+        return _parse_bytes(value.replace(" ", "") if isinstance(value, str) else value)
+    except BadInput:
         raise TopologyInvalid(
-            f"{field_name}: cannot read size {value!r}; use bytes or e.g. '4GB', '512MiB'",
+            f"{field_name}: cannot read size {value!r}; use bytes (>= 0) or e.g. '4GB', '512MiB'",
             field=field_name,
-        )
-    if size < 0:
-        raise TopologyInvalid(f"{field_name}: size must be >= 0, got {value!r}", field=field_name)
-    return size
+        ) from None
 
 
 def load_topology(path: str | Path) -> Topology:

@@ -11,6 +11,7 @@ from safetensors.numpy import load_file, save_file
 from cachenet.cluster.demomodels import REAL_MODEL_NAME, make_lora_adapter, real_model_dir
 
 __all__ = (
+    "MALFORMED_SAFETENSORS",
     "REAL_MODEL_NAME",
     "make_finetune",
     "make_lora_adapter",
@@ -19,6 +20,30 @@ __all__ = (
 )
 
 LAYERS: Final = 6
+
+# name -> (header as bytes or dict, data region, header length to write or None for the true one)
+MALFORMED_SAFETENSORS: Final[dict[str, tuple[bytes | dict[str, object], bytes, int | None]]] = {
+    "header length beyond the file": (b'{"a":1}', b"", 10_000),
+    "bad JSON": (b"{not json", b"", None),
+    "unknown dtype": ({"a": {"dtype": "Q7", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4, None),
+    "offsets out of range": ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 4, None),
+    "overlapping": (
+        {
+            "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+            "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+        },
+        b"\0" * 12,
+        None,
+    ),
+    "shape does not match length": ({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8, None),
+    "dtype does not match length": ({"a": {"dtype": "F64", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, None),
+    "gap before a tensor": ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"\0" * 8, None),
+    "trailing bytes": ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 8, None),
+    "negative shape": ({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, b"\0" * 4, None),
+    "not an object": (b"[1, 2]", b"", None),
+    "huge header length": (b"{}", b"", 2**63),
+}
+
 
 
 def make_finetune(folder: Path, *, seed: int, frozen_layers: int) -> Path:

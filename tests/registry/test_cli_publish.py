@@ -11,7 +11,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from cachenet.cli import main
-from tests.modelgen import REAL_MODEL_NAME, make_lora_adapter, real_model_dir, write_safetensors
+from tests.modelgen import MALFORMED_SAFETENSORS, REAL_MODEL_NAME, make_lora_adapter, real_model_dir, write_safetensors
 
 
 def _snapshot(data: Path) -> tuple[list[str], str]:
@@ -40,24 +40,9 @@ def test_publish_then_list_and_show(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert f"base: {REAL_MODEL_NAME}" in shown and "adapter_model.safetensors" in shown
 
 
-BAD_HEADERS = {
-    "beyond": (b'{"a":1}', b"", 1 << 20),
-    "badjson": (b"{oops", b"", None),
-    "dtype": ({"a": {"dtype": "X9", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4, None),
-    "range": ({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, b"\0" * 4, None),
-    "overlap": (
-        {
-            "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-            "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
-        },
-        b"\0" * 12,
-        None,
-    ),
-    "shape": ({"a": {"dtype": "F16", "shape": [3], "data_offsets": [0, 4]}}, b"\0" * 4, None),
-}
 
 
-@pytest.mark.parametrize("case", sorted(BAD_HEADERS))
+@pytest.mark.parametrize("case", sorted(MALFORMED_SAFETENSORS))
 def test_malformed_input_exits_nonzero_and_changes_nothing(tmp_path: Path, case: str) -> None:
     data = tmp_path / "origin"
     ok = tmp_path / "ok"
@@ -69,7 +54,7 @@ def test_malformed_input_exits_nonzero_and_changes_nothing(tmp_path: Path, case:
     folder = tmp_path / "bad"
     shutil.copytree(ok, folder)
     (folder / "config.json").write_text('{"new": "file that must not be stored"}')
-    header, body, length = BAD_HEADERS[case]
+    header, body, length = MALFORMED_SAFETENSORS[case]
     write_safetensors(folder / "adapter_model.safetensors", header, body, length=length)
     proc = subprocess.run(
         [sys.executable, "-m", "cachenet", "publish", str(folder), "--name", "org/bad", "--data", str(data)],

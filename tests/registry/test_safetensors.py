@@ -10,7 +10,7 @@ from safetensors.numpy import save_file
 from cachenet.errors import SafetensorsInvalid
 from registry.chunking import chunk_buffer, cut_file, plan_segments
 from registry.safetensors import parse_header
-from tests.modelgen import write_safetensors
+from tests.modelgen import MALFORMED_SAFETENSORS, write_safetensors
 
 
 def _valid(tmp_path: Path) -> Path:
@@ -26,32 +26,11 @@ def test_valid_file_parses(tmp_path: Path) -> None:
     assert header.tensors[-1].end == len(data)
 
 
-MALFORMED = {
-    "header length beyond the file": (b'{"a":1}', b"", 10_000),
-    "bad JSON": (b"{not json", b"", None),
-    "unknown dtype": ({"a": {"dtype": "Q7", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4, None),
-    "offsets out of range": ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 4, None),
-    "overlapping": (
-        {
-            "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-            "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
-        },
-        b"\0" * 12,
-        None,
-    ),
-    "shape does not match length": ({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8, None),
-    "dtype does not match length": ({"a": {"dtype": "F64", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, None),
-    "gap before a tensor": ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"\0" * 8, None),
-    "trailing bytes": ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 8, None),
-    "negative shape": ({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, b"\0" * 4, None),
-    "not an object": (b"[1, 2]", b"", None),
-    "huge header length": (b"{}", b"", 2**63),
-}
 
 
-@pytest.mark.parametrize("case", sorted(MALFORMED))
+@pytest.mark.parametrize("case", sorted(MALFORMED_SAFETENSORS))
 def test_malformed_headers_are_rejected_with_the_file_named(tmp_path: Path, case: str) -> None:
-    header, data, length = MALFORMED[case]
+    header, data, length = MALFORMED_SAFETENSORS[case]
     path = write_safetensors(tmp_path / "bad.safetensors", header, data, length=length)
     raw = path.read_bytes()
     with pytest.raises(SafetensorsInvalid, match="bad.safetensors"):
