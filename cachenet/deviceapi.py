@@ -91,6 +91,10 @@ class ModelSource(Protocol):
         """The manifest of a model revision or tag; raises `ModelNotFound`."""
         ...
 
+    async def resolve_file(self, name: str, revision: str, path: str) -> tuple[ModelManifest, FileManifest]:
+        """The revision and one of its files (a mirror may fetch just that file); raises `NotFound`."""
+        ...
+
     async def open_block(
         self, block_id: str, *, blake3: str | None = None, model: str | None = None, only_if_cached: bool = False
     ) -> BlockHandle:
@@ -193,8 +197,7 @@ class _DeviceApi:
         return web.Response(body=manifest.to_bytes(), content_type="application/json", headers=headers)
 
     async def get_file(self, request: web.Request) -> web.StreamResponse:
-        manifest = await self._manifest(request)
-        f = manifest.file(validate_file_path(request.match_info["path"]))
+        manifest, f = await self._file(request)
         self.source.note_request(manifest, f, cell=request.headers.get(CELL_HEADER))
         return await self._send_file(request, manifest, f)
 
@@ -250,8 +253,7 @@ class _DeviceApi:
         return web.json_response(entries, headers={"X-Repo-Commit": manifest.revision})
 
     async def hf_resolve(self, request: web.Request) -> web.StreamResponse:
-        manifest = await self._manifest(request)
-        f = manifest.file(validate_file_path(request.match_info["path"]))
+        manifest, f = await self._file(request)
         self.source.note_request(manifest, f, cell=request.headers.get(CELL_HEADER))
         return await self._send_file(request, manifest, f)
 
@@ -261,6 +263,12 @@ class _DeviceApi:
         name = validate_model_name(request.match_info["name"])
         revision = validate_revision(request.match_info.get("revision", "main"))
         return await self.source.manifest(name, revision)
+
+    async def _file(self, request: web.Request) -> tuple[ModelManifest, FileManifest]:
+        name = validate_model_name(request.match_info["name"])
+        revision = validate_revision(request.match_info.get("revision", "main"))
+        path = validate_file_path(request.match_info["path"])
+        return await self.source.resolve_file(name, revision, path)
 
     async def _send_file(self, request: web.Request, manifest: ModelManifest, f: FileManifest) -> web.StreamResponse:
         etag = f'"{f.sha256}"'

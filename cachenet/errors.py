@@ -16,7 +16,9 @@
     ├── RangeNotSatisfiable (ValueError)       416
     ├── CapacityExceeded (OSError)             507
     ├── Unauthorized (PermissionError)         401
+    ├── Forbidden (PermissionError)             403   refused by a rule (e.g. a deny pattern)
     └── UpstreamUnavailable (ConnectionError)  503
+        └── UpstreamTimeout                    504   an upstream hub cannot be reached
 """
 
 from typing import Any, ClassVar
@@ -28,6 +30,7 @@ __all__ = (
     "CachenetError",
     "CapacityExceeded",
     "FileNotInModel",
+    "Forbidden",
     "HashCollision",
     "IntegrityError",
     "InvalidName",
@@ -38,6 +41,7 @@ __all__ = (
     "RangeNotSatisfiable",
     "SafetensorsInvalid",
     "Unauthorized",
+    "UpstreamTimeout",
     "UpstreamUnavailable",
     "error_from_payload",
 )
@@ -138,6 +142,18 @@ class UpstreamUnavailable(CachenetError, ConnectionError):
     status = 503
 
 
+class UpstreamTimeout(UpstreamUnavailable):
+    """An upstream hub could not be reached for something not cached here."""
+
+    status = 504
+
+
+class Forbidden(CachenetError, PermissionError):
+    """A request refused by a configured rule (not a missing credential)."""
+
+    status = 403
+
+
 _BY_NAME: dict[str, type[CachenetError]] = {
     cls.__name__: cls
     for cls in (
@@ -158,6 +174,8 @@ _BY_NAME: dict[str, type[CachenetError]] = {
         CapacityExceeded,
         Unauthorized,
         UpstreamUnavailable,
+        UpstreamTimeout,
+        Forbidden,
     )
 }
 _BY_STATUS: dict[int, type[CachenetError]] = {
@@ -166,11 +184,11 @@ _BY_STATUS: dict[int, type[CachenetError]] = {
     416: RangeNotSatisfiable,
     422: BadInput,
     401: Unauthorized,
-    403: Unauthorized,
+    403: Forbidden,
     507: CapacityExceeded,
     502: UpstreamUnavailable,
     503: UpstreamUnavailable,
-    504: UpstreamUnavailable,
+    504: UpstreamTimeout,
 }
 
 

@@ -20,7 +20,9 @@ Wire format (canonical JSON: sorted keys, no spaces, UTF-8):
     }
 
 The revision is derived from the content, so the same files published twice give the
-same revision, and a manifest cannot be altered without changing its revision.
+same revision, and a manifest cannot be altered without changing its revision. A model
+mirrored from an upstream hub keeps the upstream's commit id instead
+(`metadata.upstream_commit`), because Hugging Face clients name snapshots by it.
 """
 
 import bisect
@@ -36,6 +38,7 @@ from cachenet.names import COMMIT_RE, validate_file_path, validate_model_name
 
 __all__ = (
     "MANIFEST_FORMAT",
+    "UPSTREAM_COMMIT_KEY",
     "BaseRef",
     "BlockRef",
     "FileManifest",
@@ -44,6 +47,7 @@ __all__ = (
 )
 
 MANIFEST_FORMAT: Final = "cachenet.manifest/1"
+UPSTREAM_COMMIT_KEY: Final = "upstream_commit"
 MAX_MANIFEST_BYTES: Final = 64 * 1024 * 1024
 FileKind = Literal["safetensors", "raw"]
 
@@ -117,8 +121,12 @@ class ModelManifest:
         if len(set(paths)) != len(paths):
             raise ManifestInvalid(f"model {self.name}: duplicate file paths", model=self.name)
         object.__setattr__(self, "files", tuple(sorted(self.files, key=lambda f: f.path)))
-        body = canonical_json(self._body())
-        object.__setattr__(self, "revision", hashlib.sha256(body).hexdigest()[:40])
+        upstream_commit = self.metadata.get(UPSTREAM_COMMIT_KEY)
+        if isinstance(upstream_commit, str) and COMMIT_RE.match(upstream_commit):
+            object.__setattr__(self, "revision", upstream_commit)
+        else:
+            body = canonical_json(self._body())
+            object.__setattr__(self, "revision", hashlib.sha256(body).hexdigest()[:40])
 
     @property
     def total_size(self) -> int:

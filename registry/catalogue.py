@@ -164,7 +164,7 @@ class Catalogue:
         self,
         manifest: ModelManifest,
         *,
-        tag: str = DEFAULT_TAG,
+        tag: str | None = DEFAULT_TAG,
         is_stored: Callable[[str], bool],
         source: str = "published",
         upstream: str | None = None,
@@ -175,8 +175,9 @@ class Catalogue:
         `HashCollision` when a block's BLAKE3 disagrees with the stored one, and
         `ModelNotFound` when the base revision is unknown.
         """
-        validate_revision(tag)
-        if COMMIT_RE.match(tag):
+        if tag is not None:
+            validate_revision(tag)
+        if tag is not None and COMMIT_RE.match(tag):
             raise MissingBlocks(f"tag {tag!r} looks like a commit id; choose another tag name")
         blocks = manifest.unique_blocks()
         known = self.known_blocks(blocks)
@@ -236,21 +237,31 @@ class Catalogue:
                 )
                 s.flush()
                 s.add_all(RevisionBlockRow(commit=manifest.revision, block_id=b) for b in blocks)
-                ids = list(blocks)
+                ids = sorted(blocks)
                 for start in range(0, len(ids), 500):
+                    batch = ids[start : start + 500]
+                    # PostgreSQL: lock the rows in block id order first, so concurrent publishes
+                    # of models sharing blocks queue instead of deadlocking. (SQLite has no row
+                    # locks and omits the clause; BEGIN IMMEDIATE serialises its writers.)
+                    s.execute(
+                        select(BlockRow.block_id)
+                        .where(BlockRow.block_id.in_(batch))
+                        .order_by(BlockRow.block_id)
+                        .with_for_update(key_share=True)
+                    )
                     s.execute(
                         update(BlockRow)
-                        .where(BlockRow.block_id.in_(ids[start : start + 500]))
+                        .where(BlockRow.block_id.in_(batch))
                         .values(refcount=BlockRow.refcount + 1)
                     )
-            row = s.get(TagRow, (model.id, tag))
-            if row is None:
+            row = None if tag is None else s.get(TagRow, (model.id, tag))
+            if tag is not None and row is None:
                 s.add(TagRow(model_id=model.id, tag=tag, commit=manifest.revision, updated_at=now))
-            else:
+            elif row is not None:
                 row.commit, row.updated_at = manifest.revision, now
         unique = sum(ref.size for ref in blocks.values())
         log.info("published %s@%s as %s", manifest.name, tag, manifest.revision)
-        return PublishResult(manifest.name, manifest.revision, tag, manifest.total_size, unique, created)
+        return PublishResult(manifest.name, manifest.revision, tag or "", manifest.total_size, unique, created)
 
     # -- reading -------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from registry.safetensors import parse_header
 __all__ = (
     "DEFAULT_MAX_BLOCK_BYTES",
     "CutFile",
+    "StreamCutter",
     "chunk_buffer",
     "cut_file",
     "cut_folder",
@@ -60,11 +61,62 @@ def plan_segments(
         return _slices(0, size, max_block_size)
     prefix_len = min(size, 8 + _peek_header_len(buf))
     # A copy of the (small, bounded) header: no view of a mapped file may outlive a failure.
-    header = parse_header(bytes(buf[:prefix_len]), file_size=size, name=name)
-    segments = _slices(0, header.data_start, max_block_size)
-    for tensor in header.tensors:
-        segments.extend(_slices(tensor.start, tensor.end, max_block_size))
-    return segments
+    return _safetensors_segments(bytes(buf[:prefix_len]), size, name, max_block_size)
+
+
+class StreamCutter:
+    """Cuts a file that arrives in pieces into exactly the blocks `chunk_buffer` would make.
+
+    One pass, memory bounded by one block: bytes are held only until the block they
+    belong to is complete. A safetensors file's blocks are known once its header arrived.
+    """
+
+    def __init__(self, *, path: str, size: int, max_block_size: int = DEFAULT_MAX_BLOCK_BYTES) -> None:
+        self.path = validate_file_path(path)
+        self.size = size
+        self.kind: FileKind = "safetensors" if path.endswith(".safetensors") else "raw"
+        self.max_block_size = max_block_size
+        self._segments: list[tuple[int, int]] | None = (
+            _slices(0, size, max_block_size) if self.kind == "raw" else None
+        )
+        self._next = 0
+        self._buf = bytearray()
+        self._received = 0
+        self._sha = hashlib.sha256()
+        self.refs: list[BlockRef] = []
+
+    def feed(self, data: bytes) -> list[tuple[BlockRef, bytes]]:
+        """Take the next bytes; returns the blocks they completed, in order."""
+        self._received += len(data)
+        if self._received > self.size:
+            raise BadInput(f"{self.path}: more than the announced {self.size} bytes", path=self.path)
+        self._sha.update(data)
+        self._buf += data
+        if self._segments is None:
+            if len(self._buf) < 8 or len(self._buf) < 8 + _peek_header_len(self._buf):
+                if self._received < self.size:
+                    return []
+            prefix = bytes(self._buf[: 8 + _peek_header_len(self._buf)])
+            self._segments = _safetensors_segments(prefix, self.size, self.path, self.max_block_size)
+        out = []
+        while self._next < len(self._segments):
+            start, end = self._segments[self._next]
+            if len(self._buf) < end - start:
+                break
+            block = bytes(self._buf[: end - start])
+            del self._buf[: end - start]
+            d = digest_of(block)
+            ref = BlockRef(d.block_id, d.blake3, d.size)
+            self.refs.append(ref)
+            out.append((ref, block))
+            self._next += 1
+        return out
+
+    def finish(self) -> FileManifest:
+        """The file's manifest entry once every byte arrived; raises `BadInput` otherwise."""
+        if self._received != self.size or self._segments is None or self._next != len(self._segments):
+            raise BadInput(f"{self.path}: got {self._received} of {self.size} bytes", path=self.path)
+        return FileManifest(self.path, self.size, self._sha.hexdigest(), tuple(self.refs), self.kind)
 
 
 def chunk_buffer(
@@ -146,6 +198,14 @@ def cut_folder(
         cut_file(source, rel, max_block_size=max_block_size, progress=progress)
         for source, rel in list_folder_files(folder)
     ]
+
+
+def _safetensors_segments(prefix: bytes, size: int, name: str, max_block_size: int) -> list[tuple[int, int]]:
+    header = parse_header(prefix, file_size=size, name=name)
+    segments = _slices(0, header.data_start, max_block_size)
+    for tensor in header.tensors:
+        segments.extend(_slices(tensor.start, tensor.end, max_block_size))
+    return segments
 
 
 def _sha256(view: memoryview) -> str:

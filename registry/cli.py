@@ -32,6 +32,16 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     serve.add_argument("--port", type=int, help=f"port to listen on (default {DEFAULT_ORIGIN_PORT})")
     serve.add_argument("--token", help="operator bearer token (default: $CACHENET_TOKEN; without one, operator routes refuse every call)")
     serve.add_argument("--max-block-size", type=parse_size, help="largest block accepted (default 64MiB)")
+    mirror = serve.add_argument_group("mirroring an upstream Hugging Face-compatible hub")
+    mirror.add_argument("--upstream", dest="upstream_url", help="hub to pull through from, e.g. https://huggingface.co")
+    mirror.add_argument("--upstream-token-env", help="environment variable holding the upstream token")
+    mirror.add_argument("--upstream-revalidate", dest="upstream_revalidate_s", type=float,
+                        help="seconds between revalidations of a branch or tag (default 60)")
+    mirror.add_argument("--allow", action="append", help="repository glob that may be mirrored (repeatable; default all)")
+    mirror.add_argument("--deny", action="append", help="repository glob that is refused (repeatable)")
+    mirror.add_argument("--max-file-size", type=parse_size, help="largest file mirrored, e.g. 20GB")
+    mirror.add_argument("--require-commit", action="store_true", default=None,
+                        help="serve only revisions pinned by a 40-digit commit")
     serve.set_defaults(func=_origin_serve)
 
     pub = sub.add_parser("publish", help="cut a model folder into blocks and publish it")
@@ -64,7 +74,11 @@ def _origin_serve(args: argparse.Namespace) -> int:
     from cachenet.serve import run_app
     from registry.app import create_app
 
-    overrides = {k: getattr(args, k) for k in ("data_dir", "db_url", "host", "port", "token", "max_block_size")}
+    keys = ("data_dir", "db_url", "host", "port", "token", "max_block_size", "upstream_url",
+            "upstream_token_env", "upstream_revalidate_s", "max_file_size", "require_commit")
+    overrides: dict[str, Any] = {k: getattr(args, k) for k in keys}
+    overrides["allow"] = tuple(args.allow) if args.allow else None
+    overrides["deny"] = tuple(args.deny) if args.deny else None
     settings = load_settings(OriginSettings, args.config, os.environ, overrides)
     return run_app(create_app(settings), host=settings.host, port=settings.port, name="origin")
 

@@ -23,10 +23,19 @@ class OriginSettings:
     token: str | None = None
     max_block_size: int = DEFAULT_MAX_BLOCK_BYTES
     fsync: bool = True
+    upstream_url: str | None = None
+    upstream_token_env: str | None = None
+    upstream_revalidate_s: float = 60.0
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+    max_file_size: int | None = None
+    require_commit: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise BadInput(f"port must be 0..65535, got {self.port}")
+        if self.upstream_url is not None and not self.upstream_url.startswith(("http://", "https://")):
+            raise BadInput(f"upstream {self.upstream_url!r} is not an http(s) URL")
         if self.max_block_size <= 0:
             raise BadInput(f"max_block_size must be positive, got {self.max_block_size}")
 

@@ -9,6 +9,7 @@ from cachenet.deviceapi import LocalBlock
 from cachenet.filesend import Pacer
 from cachenet.manifest import FileManifest, ModelManifest
 from registry.catalogue import Catalogue
+from registry.mirror import Mirror
 
 __all__ = ("OriginSource", "model_summary_json")
 
@@ -18,9 +19,10 @@ class OriginSource:
 
     pacer: Pacer | None = None
 
-    def __init__(self, catalogue: Catalogue, store: BlockStore) -> None:
+    def __init__(self, catalogue: Catalogue, store: BlockStore, *, mirror: Mirror | None = None) -> None:
         self.catalogue = catalogue
         self.store = store
+        self.mirror = mirror
 
     async def list_models(self) -> list[dict[str, Any]]:
         """Every model, its tags and revisions."""
@@ -28,8 +30,17 @@ class OriginSource:
         return [model_summary_json(m) for m in models]
 
     async def manifest(self, name: str, revision: str) -> ModelManifest:
-        """The manifest of a published revision or tag."""
+        """The manifest of a published (or, with an upstream, mirrored) revision or tag."""
+        if self.mirror is not None:
+            return await self.mirror.manifest(name, revision)
         return await asyncio.to_thread(self.catalogue.manifest, name, revision)
+
+    async def resolve_file(self, name: str, revision: str, path: str) -> tuple[ModelManifest, FileManifest]:
+        """A file of a revision; a mirror fetches only that file when the revision is new."""
+        if self.mirror is not None:
+            return await self.mirror.resolve_file(name, revision, path)
+        manifest = await asyncio.to_thread(self.catalogue.manifest, name, revision)
+        return manifest, manifest.file(path)
 
     async def open_block(
         self, block_id: str, *, blake3: str | None = None, model: str | None = None, only_if_cached: bool = False

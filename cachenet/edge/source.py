@@ -47,6 +47,11 @@ class EdgeSource:
         """A manifest by commit or tag."""
         return await self.manifests.get(name, revision)
 
+    async def resolve_file(self, name: str, revision: str, path: str) -> tuple[ModelManifest, FileManifest]:
+        """A file of a revision, from its manifest."""
+        manifest = await self.manifests.get(name, revision)
+        return manifest, manifest.file(path)
+
     async def open_block(
         self, block_id: str, *, blake3: str | None = None, model: str | None = None, only_if_cached: bool = False
     ) -> BlockHandle:
