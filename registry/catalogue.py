@@ -363,6 +363,23 @@ class Catalogue:
                 out[name] = out.get(name, 0) + size
         return out
 
+    def bytes_shared_with_others(self, commit: str) -> int:
+        """Bytes of this revision's distinct blocks that some other model's revision also uses."""
+        return sum(self._shared_blocks(commit).values())
+
+    def _shared_blocks(self, commit: str) -> dict[str, int]:
+        with Session(self.engine) as s:
+            own_model = select(RevisionRow.model_id).where(RevisionRow.commit == commit).scalar_subquery()
+            mine = select(RevisionBlockRow.block_id).where(RevisionBlockRow.commit == commit)
+            rows = s.execute(
+                select(BlockRow.block_id, BlockRow.size)
+                .join(RevisionBlockRow, RevisionBlockRow.block_id == BlockRow.block_id)
+                .join(RevisionRow, RevisionRow.commit == RevisionBlockRow.commit)
+                .where(RevisionBlockRow.block_id.in_(mine), RevisionRow.model_id != own_model)
+                .distinct()
+            ).all()
+        return {r.block_id: r.size for r in rows}
+
     def stored_bytes(self) -> tuple[int, int]:
         """(bytes of distinct blocks referenced, bytes of all revisions as whole files)."""
         with Session(self.engine) as s:

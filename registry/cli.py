@@ -136,7 +136,8 @@ def _models_list(args: argparse.Namespace) -> int:
         size = format_bytes(latest["total_size"]) if latest else "-"
         tags = ", ".join(f"{t}={c[:12]}" for t, c in sorted(m["tags"].items()))
         origin = m["source"] + (f" from {m['upstream']}" if m.get("upstream") else "")
-        print(f"{m['name']:40} {size:>10}  {len(m['revisions'])} rev  [{tags}]  {origin}")
+        shared = format_bytes(m.get("shared_bytes", 0))
+        print(f"{m['name']:40} {size:>10}  shares {shared:>10}  {len(m['revisions'])} rev  [{tags}]  {origin}")
     return 0
 
 
@@ -160,11 +161,11 @@ def _models_show(args: argparse.Namespace) -> int:
 
 async def _fetch_models(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.data:
-        from registry.origin import model_summary_json
+        from registry.origin import list_models_json
 
         target = LocalTarget(load_settings(OriginSettings, None, os.environ, {"data_dir": args.data}))
         try:
-            return [model_summary_json(m) for m in await asyncio.to_thread(target.catalogue.list_models)]
+            return await asyncio.to_thread(list_models_json, target.catalogue)
         finally:
             await target.close()
     url = (args.origin or f"http://127.0.0.1:{DEFAULT_ORIGIN_PORT}").rstrip("/")

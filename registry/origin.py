@@ -11,7 +11,7 @@ from cachenet.manifest import FileManifest, ModelManifest
 from registry.catalogue import Catalogue
 from registry.mirror import Mirror
 
-__all__ = ("OriginSource", "model_summary_json")
+__all__ = ("OriginSource", "list_models_json", "model_summary_json")
 
 
 class OriginSource:
@@ -25,9 +25,8 @@ class OriginSource:
         self.mirror = mirror
 
     async def list_models(self) -> list[dict[str, Any]]:
-        """Every model, its tags and revisions."""
-        models = await asyncio.to_thread(self.catalogue.list_models)
-        return [model_summary_json(m) for m in models]
+        """Every model, its tags and revisions, and the bytes its newest revision shares with others."""
+        return await asyncio.to_thread(list_models_json, self.catalogue)
 
     async def manifest(self, name: str, revision: str) -> ModelManifest:
         """The manifest of a published (or, with an upstream, mirrored) revision or tag."""
@@ -55,6 +54,17 @@ class OriginSource:
 
     def note_request(self, manifest: ModelManifest, f: FileManifest, *, cell: str | None) -> None:
         """The origin keeps no demand statistics (edge nodes do)."""
+
+
+def list_models_json(catalogue: Catalogue) -> list[dict[str, Any]]:
+    """Every model as JSON, with `shared_bytes` of its newest revision."""
+    out = []
+    for m in catalogue.list_models():
+        doc = model_summary_json(m)
+        latest = m.tags.get("main") or (m.revisions[0].commit if m.revisions else None)
+        doc["shared_bytes"] = catalogue.bytes_shared_with_others(latest) if latest else 0
+        out.append(doc)
+    return out
 
 
 def model_summary_json(m: Any) -> dict[str, Any]:

@@ -76,6 +76,11 @@ async def test_snapshot_download_through_the_mirror_then_no_upstream_request(
     assert store.used_bytes - used == adapter_bytes
     listing = mirror.app[catalogue_key].model("org/minilm-lora")
     assert listing.source == "mirrored" and listing.upstream == _url(origin_server)
+    async with aiohttp.ClientSession() as s, s.get(f"{_url(mirror)}/v1/models") as resp:
+        models = {m["name"]: m for m in (await resp.json())["models"]}
+    assert models["org/minilm-lora"]["source"] == "mirrored"
+    # the adapter repository shares no bytes with the base (PEFT files hold only deltas)
+    assert models[REAL_MODEL_NAME]["shared_bytes"] == models["org/minilm-lora"]["shared_bytes"]
     upstream_commit = origin_server.app[catalogue_key].resolve_commit(REAL_MODEL_NAME)
     assert mirror.app[catalogue_key].resolve_commit(REAL_MODEL_NAME) == upstream_commit
 
