@@ -125,14 +125,29 @@ class Catalogue:
 
     def record_block(self, block_id: str, blake3: str, size: int) -> None:
         """Remember a stored block's hashes; raises `HashCollision` on a conflicting BLAKE3."""
+        self.record_blocks([(block_id, blake3, size)])
+
+    def record_blocks(self, blocks: Iterable[tuple[str, str, int]]) -> None:
+        """Remember stored blocks (id, blake3, size) in one transaction; raises `HashCollision`."""
+        wanted = {b[0]: b for b in blocks}
         for attempt in range(3):
             try:
                 with Session(self.engine) as s, s.begin():
-                    row = s.get(BlockRow, block_id)
-                    if row is None:
-                        s.add(BlockRow(block_id=block_id, blake3=blake3, size=size, refcount=0))
-                    elif row.blake3 != blake3 or row.size != size:
-                        raise _collision(block_id)
+                    ids = sorted(wanted)
+                    known: dict[str, tuple[str, int]] = {}
+                    for start in range(0, len(ids), 500):
+                        rows = s.execute(
+                            select(BlockRow.block_id, BlockRow.blake3, BlockRow.size).where(
+                                BlockRow.block_id.in_(ids[start : start + 500])
+                            )
+                        )
+                        known.update({r.block_id: (r.blake3, r.size) for r in rows})
+                    for block_id in ids:
+                        _, blake3, size = wanted[block_id]
+                        if block_id not in known:
+                            s.add(BlockRow(block_id=block_id, blake3=blake3, size=size, refcount=0))
+                        elif known[block_id] != (blake3, size):
+                            raise _collision(block_id)
                 return
             except sa_exc.IntegrityError:
                 # A concurrent writer inserted the same block first: check it on the next try.

@@ -7,7 +7,7 @@ from cachenet.errors import HashCollision
 from cachenet.manifest import BlockRef
 from registry.catalogue import Catalogue
 
-__all__ = ("check_no_collision", "missing_blocks", "store_block")
+__all__ = ("check_no_collision", "missing_blocks", "store_block", "store_blocks")
 
 
 def check_no_collision(catalogue: Catalogue, ref: BlockRef) -> None:
@@ -27,6 +27,15 @@ def store_block(store: BlockStore, catalogue: Catalogue, ref: BlockRef, data: by
     created = store.put(ref.block_id, data, blake3=ref.blake3)
     catalogue.record_block(ref.block_id, ref.blake3, ref.size)
     return created
+
+
+def store_blocks(store: BlockStore, catalogue: Catalogue, blocks: list[tuple[BlockRef, bytes]]) -> None:
+    """Verify and store several blocks, then record them in one catalogue transaction."""
+    for ref, _ in blocks:
+        check_no_collision(catalogue, ref)
+    for ref, data in blocks:
+        store.put(ref.block_id, data, blake3=ref.blake3)
+    catalogue.record_blocks((ref.block_id, ref.blake3, ref.size) for ref, _ in blocks)
 
 
 def missing_blocks(store: BlockStore, catalogue: Catalogue, block_ids: Iterable[str]) -> list[str]:

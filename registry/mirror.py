@@ -32,11 +32,11 @@ from cachenet.errors import (
     UpstreamTimeout,
 )
 from cachenet.httpclient import raise_for_status
-from cachenet.manifest import UPSTREAM_COMMIT_KEY, FileManifest, ModelManifest
+from cachenet.manifest import UPSTREAM_COMMIT_KEY, BlockRef, FileManifest, ModelManifest
 from cachenet.names import COMMIT_RE, validate_file_path
 from registry.catalogue import Catalogue
 from registry.chunking import DEFAULT_MAX_BLOCK_BYTES, StreamCutter
-from registry.intake import store_block
+from registry.intake import store_blocks
 
 __all__ = ("STALE_REF", "STALE_REF_HEADER", "Mirror", "MirrorRules", "UpstreamHub")
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ STALE_REF_HEADER: Final = "X-Cachenet-Stale-Ref"
 # Set while a request is served from a moving ref the upstream could not revalidate.
 STALE_REF: contextvars.ContextVar[str | None] = contextvars.ContextVar("stale_ref", default=None)
 _READ_BYTES: Final = 1024 * 1024
+_BATCH_BYTES: Final = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,9 +305,18 @@ class Mirror:
             raise NotFound(f"{rev.name}@{rev.commit[:12]} upstream has no file {path!r}", path=path)
         self.rules.check_file(rev.name, path, entry.size)
         cutter = StreamCutter(path=path, size=entry.size, max_block_size=self.max_block_size)
+        batch: list[tuple[BlockRef, bytes]] = []
+        batch_bytes = 0
         async for chunk in self.hub.stream(rev.name, rev.commit, path):
             for ref, block in cutter.feed(chunk):
-                await asyncio.to_thread(store_block, self.store, self.catalogue, ref, block)
+                batch.append((ref, block))
+                batch_bytes += ref.size
+            if batch_bytes >= _BATCH_BYTES:
+                # Blocks are stored and recorded a batch at a time: one catalogue transaction per batch.
+                await asyncio.to_thread(store_blocks, self.store, self.catalogue, batch)
+                batch, batch_bytes = [], 0
+        if batch:
+            await asyncio.to_thread(store_blocks, self.store, self.catalogue, batch)
         f = cutter.finish()
         if entry.sha256 is not None and f.sha256 != entry.sha256:
             raise IntegrityError(
