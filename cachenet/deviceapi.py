@@ -39,6 +39,7 @@ __all__ = (
     "LocalBlock",
     "ModelSource",
     "StreamingBlock",
+    "StreamingFile",
     "add_device_routes",
     "git_oid",
     "is_lfs_file",
@@ -78,6 +79,19 @@ class StreamingBlock(Protocol):
 BlockHandle = LocalBlock | StreamingBlock
 
 
+@dataclass(frozen=True, slots=True)
+class StreamingFile:
+    """A whole file still arriving from an upstream (pull-through), streamed to requesters as it comes.
+
+    `body` holds back the file's last bytes until the whole file verified against `sha256`.
+    """
+
+    path: str
+    size: int
+    sha256: str
+    body: StreamingBlock
+
+
 class ModelSource(Protocol):
     """Where a server's device API gets manifests and blocks (catalogue+store, or cache+upstream)."""
 
@@ -91,8 +105,10 @@ class ModelSource(Protocol):
         """The manifest of a model revision or tag; raises `ModelNotFound`."""
         ...
 
-    async def resolve_file(self, name: str, revision: str, path: str) -> tuple[ModelManifest, FileManifest]:
-        """The revision and one of its files (a mirror may fetch just that file); raises `NotFound`."""
+    async def resolve_file(
+        self, name: str, revision: str, path: str
+    ) -> tuple[ModelManifest, FileManifest | StreamingFile]:
+        """The revision and one of its files (a mirror may stream just that file in); raises `NotFound`."""
         ...
 
     async def open_block(
@@ -198,7 +214,8 @@ class _DeviceApi:
 
     async def get_file(self, request: web.Request) -> web.StreamResponse:
         manifest, f = await self._file(request)
-        self.source.note_request(manifest, f, cell=request.headers.get(CELL_HEADER))
+        if isinstance(f, FileManifest):
+            self.source.note_request(manifest, f, cell=request.headers.get(CELL_HEADER))
         return await self._send_file(request, manifest, f)
 
     async def hf_model_info(self, request: web.Request) -> web.Response:
@@ -254,7 +271,8 @@ class _DeviceApi:
 
     async def hf_resolve(self, request: web.Request) -> web.StreamResponse:
         manifest, f = await self._file(request)
-        self.source.note_request(manifest, f, cell=request.headers.get(CELL_HEADER))
+        if isinstance(f, FileManifest):
+            self.source.note_request(manifest, f, cell=request.headers.get(CELL_HEADER))
         return await self._send_file(request, manifest, f)
 
     # -- helpers ---------------------------------------------------------------------
@@ -264,13 +282,15 @@ class _DeviceApi:
         revision = validate_revision(request.match_info.get("revision", "main"))
         return await self.source.manifest(name, revision)
 
-    async def _file(self, request: web.Request) -> tuple[ModelManifest, FileManifest]:
+    async def _file(self, request: web.Request) -> tuple[ModelManifest, FileManifest | StreamingFile]:
         name = validate_model_name(request.match_info["name"])
         revision = validate_revision(request.match_info.get("revision", "main"))
         path = validate_file_path(request.match_info["path"])
         return await self.source.resolve_file(name, revision, path)
 
-    async def _send_file(self, request: web.Request, manifest: ModelManifest, f: FileManifest) -> web.StreamResponse:
+    async def _send_file(
+        self, request: web.Request, manifest: ModelManifest, f: FileManifest | StreamingFile
+    ) -> web.StreamResponse:
         etag = f'"{f.sha256}"'
         headers = {
             "ETag": etag,
@@ -278,11 +298,18 @@ class _DeviceApi:
             "Content-Type": "application/octet-stream",
             "Content-Disposition": f'attachment; filename="{f.path.rsplit("/", 1)[-1]}"',
         }
-        if is_lfs_file(f):
+        if isinstance(f, StreamingFile) or is_lfs_file(f):
             headers["X-Linked-Etag"] = etag
             headers["X-Linked-Size"] = str(f.size)
         if request.headers.get("If-None-Match") == etag:
             return web.Response(status=304, headers=headers)
+        if isinstance(f, StreamingFile):
+            body = f.body
+
+            async def streamed(start: int, end: int) -> AsyncIterator[Piece]:
+                yield body, start, end
+
+            return await self._send(request, f.size, headers, streamed)
         return await self._send(request, f.size, headers, _FileParts(self.source, f, manifest.name).pieces)
 
     async def _send(

@@ -15,22 +15,27 @@ import contextvars
 import fnmatch
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
 
 import aiohttp
 
 from cachenet.blockstore import BlockStore
+from cachenet.deviceapi import StreamingFile
 from cachenet.errors import (
     BadInput,
+    CachenetError,
     Forbidden,
     IntegrityError,
     ModelNotFound,
     NotFound,
     UpstreamTimeout,
 )
+from cachenet.flight import Flight
 from cachenet.httpclient import raise_for_status
 from cachenet.manifest import UPSTREAM_COMMIT_KEY, BlockRef, FileManifest, ModelManifest
 from cachenet.names import COMMIT_RE, validate_file_path
@@ -46,6 +51,8 @@ STALE_REF_HEADER: Final = "X-Cachenet-Stale-Ref"
 STALE_REF: contextvars.ContextVar[str | None] = contextvars.ContextVar("stale_ref", default=None)
 _READ_BYTES: Final = 1024 * 1024
 _BATCH_BYTES: Final = 16 * 1024 * 1024
+_SPOOL_LINGER_S: Final = 60.0
+STREAM_MIN_BYTES: Final = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +178,7 @@ class UpstreamHub:
 class _Pending:
     revision: UpstreamRevision
     done: dict[str, FileManifest] = field(default_factory=dict)
+    flights: dict[str, Flight] = field(default_factory=dict)
 
 
 class Mirror:
@@ -185,9 +193,16 @@ class Mirror:
         rules: MirrorRules,
         revalidate_s: float = 60.0,
         max_block_size: int = DEFAULT_MAX_BLOCK_BYTES,
+        spool_dir: Path | None = None,
+        stream_min_bytes: int = STREAM_MIN_BYTES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.catalogue, self.store, self.hub, self.rules = catalogue, store, hub, rules
+        self.spool_dir = spool_dir or store.root / "mirror-spool"
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in self.spool_dir.iterdir():
+            leftover.unlink(missing_ok=True)
+        self.stream_min_bytes = stream_min_bytes
         self.revalidate_s = revalidate_s
         self.max_block_size = max_block_size
         self._clock = clock
@@ -210,8 +225,14 @@ class Mirror:
             task.add_done_callback(lambda _t: self._revisions.pop(commit, None))
         return await asyncio.shield(task)
 
-    async def resolve_file(self, name: str, revision: str, path: str) -> tuple[ModelManifest, FileManifest]:
-        """One file of a revision, mirroring only that file when the revision is not complete."""
+    async def resolve_file(
+        self, name: str, revision: str, path: str
+    ) -> tuple[ModelManifest, FileManifest | StreamingFile]:
+        """One file of a revision, mirroring only that file when the revision is not complete.
+
+        A large LFS file (whose SHA-256 the upstream's tree names) is streamed to the first
+        requesters while it arrives; the others wait for the stored file.
+        """
         commit, _tag = await self._resolve(name, revision)
         try:
             manifest = await asyncio.to_thread(self.catalogue.manifest_by_commit, commit)
@@ -219,6 +240,16 @@ class Mirror:
         except ModelNotFound:
             pass
         pending = await self._pending_revision(name, commit)
+        partial = ModelManifest(name, tuple(pending.done.values()), metadata={UPSTREAM_COMMIT_KEY: commit})
+        entry = next((f for f in pending.revision.files if f.path == path), None)
+        if entry is not None and entry.sha256 and entry.size >= self.stream_min_bytes and path not in pending.done:
+            task = self._start_file(pending, path)
+            flight = pending.flights.get(path)
+            if flight is not None:
+                await flight.wait_started()
+                if not flight.done:
+                    return partial, StreamingFile(path, entry.size, entry.sha256, flight)
+            await asyncio.shield(task)
         f = await self._ensure_file(pending, path)
         partial = ModelManifest(name, tuple(pending.done.values()), metadata={UPSTREAM_COMMIT_KEY: commit})
         return partial, f
@@ -290,15 +321,35 @@ class Mirror:
     async def _ensure_file(self, pending: _Pending, path: str) -> FileManifest:
         if path in pending.done:
             return pending.done[path]
+        return await asyncio.shield(self._start_file(pending, path))
+
+    def _start_file(self, pending: _Pending, path: str) -> "asyncio.Task[FileManifest]":
+        """The one upstream transfer of a file (started now unless already under way)."""
         key = (pending.revision.commit, path)
         task = self._files.get(key)
         if task is None:
+            pending.flights[path] = Flight(path, size=None, blake3=None)
             task = asyncio.create_task(self._mirror_file(pending, path))
             self._files[key] = task
             task.add_done_callback(lambda _t: self._files.pop(key, None))
-        return await asyncio.shield(task)
+        return task
 
     async def _mirror_file(self, pending: _Pending, path: str) -> FileManifest:
+        flight = pending.flights[path]
+        spool = self.spool_dir / f"{uuid.uuid4().hex}.part"
+        try:
+            f = await self._transfer(pending, path, flight, spool)
+        except BaseException as e:
+            await flight.finish(None, e if isinstance(e, CachenetError) else UpstreamTimeout(
+                f"mirroring {path} from {self.hub.url} failed: {e!r}", upstream=self.hub.url))
+            spool.unlink(missing_ok=True)
+            raise
+        await flight.finish(spool, None)
+        # Streaming readers opened the spool when they started; late ones get a minute.
+        asyncio.get_running_loop().call_later(_SPOOL_LINGER_S, spool.unlink, True)
+        return f
+
+    async def _transfer(self, pending: _Pending, path: str, flight: Flight, spool: Path) -> FileManifest:
         rev = pending.revision
         entry = next((f for f in rev.files if f.path == path), None)
         if entry is None:
@@ -306,15 +357,21 @@ class Mirror:
         self.rules.check_file(rev.name, path, entry.size)
         cutter = StreamCutter(path=path, size=entry.size, max_block_size=self.max_block_size)
         batch: list[tuple[BlockRef, bytes]] = []
-        batch_bytes = 0
-        async for chunk in self.hub.stream(rev.name, rev.commit, path):
-            for ref, block in cutter.feed(chunk):
-                batch.append((ref, block))
-                batch_bytes += ref.size
-            if batch_bytes >= _BATCH_BYTES:
-                # Blocks are stored and recorded a batch at a time: one catalogue transaction per batch.
-                await asyncio.to_thread(store_blocks, self.store, self.catalogue, batch)
-                batch, batch_bytes = [], 0
+        batch_bytes = written = 0
+        with open(spool, "wb") as out:
+            await flight.begin_attempt(spool, entry.size, trusted=True)
+            async for chunk in self.hub.stream(rev.name, rev.commit, path):
+                await asyncio.to_thread(out.write, chunk)
+                written += len(chunk)
+                await asyncio.to_thread(out.flush)
+                await flight.progress(written)
+                for ref, block in cutter.feed(chunk):
+                    batch.append((ref, block))
+                    batch_bytes += ref.size
+                if batch_bytes >= _BATCH_BYTES:
+                    # Stored and recorded a batch at a time: one catalogue transaction per batch.
+                    await asyncio.to_thread(store_blocks, self.store, self.catalogue, batch)
+                    batch, batch_bytes = [], 0
         if batch:
             await asyncio.to_thread(store_blocks, self.store, self.catalogue, batch)
         f = cutter.finish()

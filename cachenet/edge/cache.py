@@ -26,7 +26,7 @@ from cachenet.blockid import BlockHasher, validate_blake3, validate_block_id
 from cachenet.blockstore import BlockStore, BlockWriter
 from cachenet.deviceapi import BLAKE3_HEADER, ONLY_IF_CACHED_HEADER, BlockHandle, LocalBlock
 from cachenet.edge.config import EdgeSettings
-from cachenet.edge.flight import Flight
+from cachenet.flight import Flight
 from cachenet.edge.metrics import EdgeMetrics
 from cachenet.errors import BadInput, BlockCorrupt, BlockNotFound, CachenetError, CapacityExceeded, UpstreamUnavailable
 from cachenet.manifest import BlockRef, ModelManifest

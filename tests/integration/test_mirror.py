@@ -139,3 +139,26 @@ async def test_an_edge_node_in_front_of_the_mirror_serves_models_the_mirror_neve
     edge = await edge_factory(origin=mirror, capacity_bytes=1 << 30)
     folder = await asyncio.to_thread(snapshot_download, REAL_MODEL_NAME, endpoint=_url(edge), cache_dir=tmp_path / "c")
     assert _sha(Path(folder)) == _sha(real_model_dir())
+
+
+async def test_the_first_requester_is_streamed_the_bytes_as_they_arrive(
+    origin_server: TestServer, aiohttp_server: Callable[..., Any], edge_factory: Callable[..., Any], tmp_path: Path
+) -> None:
+    import time
+
+    await _publish_upstream(origin_server, tmp_path)
+    rate = 30_000_000  # a slow upstream: an edge node capped at 30 MB/s in front of the real one
+    slow = await edge_factory(origin=origin_server, capacity_bytes=1 << 30, egress_rate=float(rate))
+    mirror = await _start_mirror(aiohttp_server, tmp_path, slow)
+    expected = (real_model_dir() / "model.safetensors").read_bytes()
+    async with aiohttp.ClientSession() as s:
+        started = time.perf_counter()
+        async with s.get(f"{_url(mirror)}/{REAL_MODEL_NAME}/resolve/main/model.safetensors") as resp:
+            assert resp.status == 200
+            first = await resp.content.readexactly(1024 * 1024)
+            first_byte_s = time.perf_counter() - started
+            body = first + await resp.read()
+        total_s = time.perf_counter() - started
+    assert hashlib.sha256(body).digest() == hashlib.sha256(expected).digest()
+    assert first_byte_s < total_s / 3, (first_byte_s, total_s)
+    assert total_s >= 0.8 * len(expected) / rate
