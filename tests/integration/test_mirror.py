@@ -162,3 +162,18 @@ async def test_the_first_requester_is_streamed_the_bytes_as_they_arrive(
     assert hashlib.sha256(body).digest() == hashlib.sha256(expected).digest()
     assert first_byte_s < total_s / 3, (first_byte_s, total_s)
     assert total_s >= 0.8 * len(expected) / rate
+
+
+async def test_require_commit_refuses_moving_refs(
+    origin_server: TestServer, aiohttp_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    await _publish_upstream(origin_server, tmp_path)
+    commit = origin_server.app[catalogue_key].resolve_commit(REAL_MODEL_NAME)
+    mirror = await _start_mirror(aiohttp_server, tmp_path, origin_server, require_commit=True)
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{_url(mirror)}/{REAL_MODEL_NAME}/resolve/main/config.json") as resp:
+            assert resp.status == 422
+            assert "pinned by a 40-digit commit" in (await resp.json())["message"]
+        async with s.get(f"{_url(mirror)}/{REAL_MODEL_NAME}/resolve/{commit}/config.json") as resp:
+            assert resp.status == 200
+            assert resp.headers["X-Repo-Commit"] == commit
