@@ -19,6 +19,7 @@ COMMAND_MODULES: Final = (
     "cachenet.edge.cli",
     "placement.cli",
     "clients.cli",
+    "clients.ragcli",
     "cachenet.cluster.cli",
 )
 
