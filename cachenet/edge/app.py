@@ -62,7 +62,7 @@ async def _healthz(request: web.Request) -> web.Response:
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     cache, settings = app[cache_key], app[settings_key]
     await cache.start()
-    tasks = [asyncio.create_task(_save_state_periodically(app))]
+    tasks = [asyncio.create_task(_save_state_periodically(app)), asyncio.create_task(cache.scrub_forever())]
     if settings.controller_url:
         tasks.append(asyncio.create_task(_refresh_lookup(app)))
     yield

@@ -139,7 +139,7 @@ class EdgeCache:
         """
         validate_block_id(block_id)
         blake3 = blake3 or self.blake3_of.get(block_id)
-        if self.store.has(block_id):
+        if self.store.has(block_id) and await self._intact_on_read(block_id):
             if not for_plan:
                 self.policy.touch(block_id, model=model)
                 self._count(model, "hit")
@@ -162,6 +162,51 @@ class EdgeCache:
             return flight
         path = await flight.wait()
         return LocalBlock(path, flight.size, flight.blake3)
+
+    async def _intact_on_read(self, block_id: str) -> bool:
+        """Small blocks are re-hashed on every read (cheap); large ones are left to the scrubber."""
+        try:
+            size = self.store.size_of(block_id)
+        except BlockNotFound:
+            return False
+        if size > self.settings.verify_on_read_max_bytes:
+            return True
+        if await asyncio.to_thread(self.store.verify, block_id):
+            return True
+        self._on_corrupt(block_id, "read")
+        return False
+
+    def _on_corrupt(self, block_id: str, found_by: str) -> None:
+        # `BlockStore.verify` already moved the file to quarantine/; forget it and count it.
+        log.error("block %s was corrupt on disk (found by %s); quarantined, will be re-fetched", block_id, found_by)
+        self.metrics.corrupt_blocks.labels(found_by).inc()
+        self.policy.remove(block_id)
+        self._refresh_gauges()
+
+    async def scrub_forever(self, *, pause_s: float = 10.0) -> None:
+        """Re-verify every stored block at `scrub_rate` bytes/s; re-fetch corrupt pinned blocks."""
+        rate = self.settings.scrub_rate
+        if rate is None:
+            return
+        while True:
+            for block_id in self.store.ids():
+                if not self.store.has(block_id):
+                    continue
+                size = self.store.size_of(block_id)
+                intact = await asyncio.to_thread(self.store.verify, block_id)
+                self.metrics.scrubbed_bytes.inc(size)
+                if not intact:
+                    self._on_corrupt(block_id, "scrub")
+                    ref = self.plan.blocks.get(block_id)
+                    if ref is not None:
+                        try:
+                            handle = await self.open_block(block_id, blake3=ref.blake3, for_plan=True)
+                            if isinstance(handle, Flight):
+                                await handle.wait()
+                        except CachenetError as e:
+                            log.warning("could not re-fetch pinned block %s: %s", block_id, e)
+                await asyncio.sleep(size / rate)
+            await asyncio.sleep(pause_s)
 
     def _count(self, model: str | None, result: str) -> None:
         self.metrics.block_requests.labels(result).inc()

@@ -29,6 +29,9 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help=f"port (default {DEFAULT_EDGE_PORT})")
     serve.add_argument("--public-url", help="URL peers reach this node at (default http://HOST:PORT)")
+    serve.add_argument("--scrub-rate", type=parse_rate, help="bytes/s re-verified in the background (default 50MB)")
+    serve.add_argument("--verify-on-read-max", dest="verify_on_read_max_bytes", type=parse_size,
+                       help="blocks up to this size are re-hashed on every read (default 1MiB)")
     serve.set_defaults(func=_serve)
 
 
@@ -37,7 +40,7 @@ def _serve(args: argparse.Namespace) -> int:
     from cachenet.serve import run_app
 
     keys = ("node_id", "data_dir", "capacity_bytes", "origin_url", "controller_url", "policy",
-            "egress_rate", "token", "host", "port", "public_url")
+            "egress_rate", "token", "host", "port", "public_url", "scrub_rate", "verify_on_read_max_bytes")
     overrides = {k: getattr(args, k) for k in keys}
     overrides["peers"] = tuple(args.peers) if args.peers else None
     settings = load_settings(EdgeSettings, args.config, os.environ, overrides)

@@ -35,6 +35,8 @@ class EdgeSettings:
     cut_through_min_bytes: int = 4 * 1024 * 1024
     lookup_refresh_s: float = 10.0
     state_save_interval_s: float = 30.0
+    verify_on_read_max_bytes: int = 1024 * 1024
+    scrub_rate: float | None = 50e6
     fsync: bool = True
 
     def __post_init__(self) -> None:
@@ -44,6 +46,8 @@ class EdgeSettings:
             raise BadInput(f"capacity must be positive, got {self.capacity_bytes}")
         if self.policy not in POLICY_NAMES:
             raise BadInput(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICY_NAMES)}")
+        if self.scrub_rate is not None and self.scrub_rate <= 0:
+            raise BadInput(f"scrub rate must be positive, got {self.scrub_rate}")
         if self.egress_rate is not None and self.egress_rate <= 0:
             raise BadInput(f"egress rate must be positive, got {self.egress_rate}")
         for url in (self.origin_url, *self.peers, *([self.controller_url] if self.controller_url else [])):

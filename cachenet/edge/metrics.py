@@ -31,6 +31,11 @@ class EdgeMetrics:
         self.not_admitted = Counter(
             "cachenet_edge_not_admitted", "Blocks served cut-through without being stored", registry=r
         )
+        self.corrupt_blocks = Counter(
+            "cachenet_edge_corrupt_blocks", "Stored blocks found corrupt and quarantined, by where (read, scrub)",
+            ["found_by"], registry=r,
+        )
+        self.scrubbed_bytes = Counter("cachenet_edge_scrubbed_bytes", "Bytes re-verified by the scrubber", registry=r)
         self.used_bytes = Gauge("cachenet_edge_used_bytes", "Bytes held by the store", registry=r)
         self.capacity_bytes = Gauge("cachenet_edge_capacity_bytes", "Storage capacity", registry=r)
         self.pinned_bytes = Gauge("cachenet_edge_pinned_bytes", "Bytes pinned by the placement plan", registry=r)
