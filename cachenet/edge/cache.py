@@ -241,6 +241,8 @@ class EdgeCache:
         for kind, url in self.sources(flight.block_id):
             try:
                 return await self._fetch_from(flight, kind, url, model)
+            except CapacityExceeded:
+                raise  # our disk is full: another source would not help
             except BlockCorrupt as e:
                 reason = "corrupt"
                 log.warning("refused block %s from %s %s: %s", flight.block_id, kind, url, e)
