@@ -58,8 +58,12 @@ async def send_file_range(
             if transport.is_closing():
                 raise ConnectionResetError("connection closed")
             await asyncio.sleep(0.0005)
-        fd = sock.fileno()
-        await asyncio.to_thread(_sendfile_blocking, fd, path, start, count)
+        # The thread gets its own descriptor of the socket: if the connection is closed
+        # under it, the loop's descriptor number may be reused at once by a new connection,
+        # and writing to it would send this body to another client.
+        # The thread owns the duplicate and closes it itself, also when this coroutine is
+        # cancelled while the thread still runs.
+        await asyncio.to_thread(_sendfile_blocking, os.dup(sock.fileno()), path, start, count)
         return
     await stream_chunks(resp, path, start, end, pacer=pacer)
 
@@ -82,6 +86,14 @@ async def stream_chunks(
 
 
 def _sendfile_blocking(sock_fd: int, path: Path, offset: int, count: int) -> None:
+    """Send with `os.sendfile` on `sock_fd`, which this function owns and closes."""
+    try:
+        _sendfile_loop(sock_fd, path, offset, count)
+    finally:
+        os.close(sock_fd)
+
+
+def _sendfile_loop(sock_fd: int, path: Path, offset: int, count: int) -> None:
     poller = select.poll()
     poller.register(sock_fd, select.POLLOUT)
     with open(path, "rb") as f:

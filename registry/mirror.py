@@ -143,8 +143,12 @@ class UpstreamHub:
         try:
             async with self.session.get(f"{self.url}/{name}/resolve/{commit}/{path}") as resp:
                 await raise_for_status(resp)
-                async for chunk in resp.content.iter_chunked(_READ_BYTES):
-                    yield chunk
+                try:
+                    async for chunk in resp.content.iter_chunked(_READ_BYTES):
+                        yield chunk
+                except BaseException:
+                    resp.close()  # never pool a connection whose body was not read to the end
+                    raise
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             raise self._unreachable(e) from e
 

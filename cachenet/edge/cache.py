@@ -263,33 +263,12 @@ class EdgeCache:
     async def _fetch_from(self, flight: Flight, kind: str, url: str, model: str | None) -> Path:
         headers = {ONLY_IF_CACHED_HEADER: "1"} if kind == "peer" else {}
         async with self.session.get(f"{url}/v1/blocks/{flight.block_id}", headers=headers) as resp:
-            if resp.status == 404:
-                raise BlockNotFound(f"{url} does not hold {flight.block_id}")
-            if resp.status != 200 or resp.content_length is None:
-                raise UpstreamUnavailable(f"{url} answered {resp.status} for block {flight.block_id}")
-            size = resp.content_length
-            if flight.blake3 is None and kind == "origin":
-                # The origin is the root of trust: its catalogue's digest is accepted.
-                given = resp.headers.get(BLAKE3_HEADER)
-                flight.blake3 = validate_blake3(given) if given else None
-            if flight.blake3 is None and kind != "origin":
-                raise UpstreamUnavailable(f"no BLAKE3 known for {flight.block_id}; only the origin is trusted")
-            sink = await self._open_sink(flight.block_id, size, flight.blake3)
-            flight.stored = sink.stored
-            await flight.begin_attempt(sink.path, size, trusted=kind == "origin")
             try:
-                written = 0
-                async for chunk in resp.content.iter_chunked(_CHUNK_BYTES):
-                    if written + len(chunk) > size:
-                        raise BlockCorrupt(f"{url} sent more than {size} bytes for {flight.block_id}")
-                    await asyncio.to_thread(sink.write, chunk)
-                    written += len(chunk)
-                    await flight.progress(written)
-                if written != size:
-                    raise UpstreamUnavailable(f"{url} sent {written} of {size} bytes for {flight.block_id}")
-                path = await asyncio.to_thread(sink.commit)
+                size, sink, path = await self._receive(flight, kind, url, resp)
             except BaseException:
-                sink.abort()
+                # The body was not read to its end: the connection must not go back to the
+                # pool, or its next request would read this body's leftover bytes.
+                resp.close()
                 raise
         self.metrics.bytes_fetched.labels(kind).inc(size)
         if sink.stored:
@@ -299,6 +278,40 @@ class EdgeCache:
             # Readers open the spool file when they start; give late ones time, then drop it.
             asyncio.get_running_loop().call_later(SPOOL_LINGER_S, path.unlink, True)
         return path
+
+    async def _receive(
+        self, flight: Flight, kind: str, url: str, resp: aiohttp.ClientResponse
+    ) -> tuple[int, "_Sink", Path]:
+        """Stream one upstream response into a sink, verifying it; returns (size, sink, path)."""
+        if resp.status == 404:
+            raise BlockNotFound(f"{url} does not hold {flight.block_id}")
+        if resp.status != 200 or resp.content_length is None:
+            raise UpstreamUnavailable(f"{url} answered {resp.status} for block {flight.block_id}")
+        size = resp.content_length
+        if flight.blake3 is None and kind == "origin":
+            # The origin is the root of trust: its catalogue's digest is accepted.
+            given = resp.headers.get(BLAKE3_HEADER)
+            flight.blake3 = validate_blake3(given) if given else None
+        if flight.blake3 is None and kind != "origin":
+            raise UpstreamUnavailable(f"no BLAKE3 known for {flight.block_id}; only the origin is trusted")
+        sink = await self._open_sink(flight.block_id, size, flight.blake3)
+        flight.stored = sink.stored
+        await flight.begin_attempt(sink.path, size, trusted=kind == "origin")
+        try:
+            written = 0
+            async for chunk in resp.content.iter_chunked(_CHUNK_BYTES):
+                if written + len(chunk) > size:
+                    raise BlockCorrupt(f"{url} sent more than {size} bytes for {flight.block_id}")
+                await asyncio.to_thread(sink.write, chunk)
+                written += len(chunk)
+                await flight.progress(written)
+            if written != size:
+                raise UpstreamUnavailable(f"{url} sent {written} of {size} bytes for {flight.block_id}")
+            path = await asyncio.to_thread(sink.commit)
+        except BaseException:
+            sink.abort()
+            raise
+        return size, sink, path
 
     async def _open_sink(self, block_id: str, size: int, blake3: str | None) -> "_Sink":
         async with self._room:

@@ -11,6 +11,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from cachenet.edge.keys import cache_key
+from registry.keys import catalogue_key
 from registry.publish import HttpTarget, publish_path
 from tests.conftest import OPERATOR_TOKEN
 from tests.modelgen import REAL_MODEL_NAME, real_model_dir
@@ -49,9 +50,17 @@ async def test_disk_full_is_a_clear_error_and_the_node_keeps_serving(
         async with s.get(f"{base}/{REAL_MODEL_NAME}/resolve/main/config.json") as resp:
             assert resp.status == 200
             config = await resp.read()
-        async with s.get(f"{base}/{REAL_MODEL_NAME}/resolve/main/model.safetensors") as resp:
+        big = max(origin_server.app[catalogue_key].manifest(REAL_MODEL_NAME).file("model.safetensors").blocks,
+                  key=lambda r: r.size)
+        async with s.get(f"{base}/v1/blocks/{big.block_id}") as resp:
             assert resp.status == 507
             assert "disk full" in (await resp.json())["message"]
+        async with s.get(f"{base}/{REAL_MODEL_NAME}/resolve/main/model.safetensors") as resp:
+            # The file's first block fits, so the status line is out before the disk fills:
+            # the body is cut short rather than completed with missing bytes.
+            assert resp.status == 200, await resp.text()
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await resp.read()
         async with s.get(f"{base}/{REAL_MODEL_NAME}/resolve/main/config.json") as resp:
             assert resp.status == 200 and await resp.read() == config
         async with s.get(f"{base}/healthz") as resp:
