@@ -1,25 +1,28 @@
-"""The controller server: recompute on request (or a timer), current placement, lookup table, runs."""
+"""The controller server: recompute on request (or a timer), placement, lookup table, runs, dashboard."""
 
 import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 
-from cachenet.atomicfile import atomic_write_bytes
 from cachenet.errors import BadInput
 from cachenet.metrics import metrics_handler
 from cachenet.middlewares import error_middleware, require_token
 from cachenet.openapi import ApiDoc
 from placement.config import ControllerSettings
 from placement.controller import Controller
+from placement.dashboard import Dashboard, add_dashboard_routes, topology_json
 from placement.solve import SOLVERS
 from placement.topology import load_topology
 
-__all__ = ("controller_key", "create_app")
+__all__ = ("UNSAVED_RUNS_FILE", "controller_key", "create_app")
 log = logging.getLogger(__name__)
+
+MAX_RUNS_LISTED: Final = 100
+UNSAVED_RUNS_FILE: Final = "unsaved-runs.json"
 
 settings_key = web.AppKey("settings", ControllerSettings)
 controller_key = web.AppKey("controller", Controller)
@@ -32,7 +35,9 @@ def create_app(settings: ControllerSettings) -> web.Application:
     nodes.update(settings.node_map())
     app = web.Application(middlewares=[error_middleware])
     app[settings_key] = settings
-    app[controller_key] = Controller(topology, origin_url=settings.origin_url, node_urls=nodes, token=settings.token)
+    controller = Controller(topology, origin_url=settings.origin_url, node_urls=nodes, token=settings.token,
+                            spool_path=settings.data_dir / UNSAVED_RUNS_FILE)
+    app[controller_key] = controller
     doc = ApiDoc("cachenet placement controller")
     r = app.router
     from prometheus_client import CollectorRegistry
@@ -45,10 +50,13 @@ def create_app(settings: ControllerSettings) -> web.Application:
               body={"application/json": {"schema": {"type": "object", "properties": {
                   "solver": {"type": "string", "enum": sorted(SOLVERS)}}}}})
     doc.route(r, "GET", "/v1/placement", current, summary="The current placement and last run")
-    doc.route(r, "GET", "/v1/runs", runs, summary="Recent placement runs")
+    doc.route(r, "GET", "/v1/runs", runs, summary="Recent placement runs, from the origin's catalogue",
+              query={"limit": {"type": "integer", "minimum": 1, "maximum": MAX_RUNS_LISTED}})
     doc.route(r, "GET", "/v1/lookup", lookup, summary="Block id → URLs of the nodes that hold it")
     doc.route(r, "GET", "/v1/topology", topology_view, summary="Servers, links and users of the topology")
     app.cleanup_ctx.append(_lifecycle)
+    # After _lifecycle, so that a simulation still running is cancelled before the session closes.
+    add_dashboard_routes(app, doc, Dashboard(controller))
     return app
 
 
@@ -65,23 +73,33 @@ async def recompute(request: web.Request) -> web.Response:
     solver = str(body.get("solver") or settings.solver)
     if solver not in SOLVERS:
         raise BadInput(f"unknown solver {solver!r}; choose one of {', '.join(sorted(SOLVERS))}")
-    summary = await request.app[controller_key].recompute(solver=solver)
-    _save_runs(request.app)
-    return web.json_response(summary.to_json())
+    controller = request.app[controller_key]
+    summary = await controller.recompute(solver=solver)
+    return web.json_response({**summary.to_json(), "stored": summary not in controller.unsaved})
 
 
 async def current(request: web.Request) -> web.Response:
     """GET /v1/placement."""
     c = request.app[controller_key]
+    last, _ = await c.recent_runs(limit=1)
     return web.json_response({
         "placement": None if c.placement is None else c.placement.to_dict(),
-        "last_run": c.runs[-1].to_json() if c.runs else None,
+        "last_run": last[0] if last else None,
     })
 
 
 async def runs(request: web.Request) -> web.Response:
-    """GET /v1/runs."""
-    return web.json_response({"runs": [r.to_json() for r in reversed(request.app[controller_key].runs[-20:])]})
+    """GET /v1/runs?limit=N: newest first; `source` says whether the catalogue or memory answered."""
+    raw = request.query.get("limit", "20")
+    try:
+        limit = int(raw)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_RUNS_LISTED:
+        raise BadInput(f"limit must be an integer from 1 to {MAX_RUNS_LISTED}, got {raw!r}")
+    controller = request.app[controller_key]
+    listed, source = await controller.recent_runs(limit=limit)
+    return web.json_response({"runs": listed, "source": source, "unsaved": len(controller.unsaved)})
 
 
 async def lookup(request: web.Request) -> web.Response:
@@ -91,29 +109,16 @@ async def lookup(request: web.Request) -> web.Response:
 
 async def topology_view(request: web.Request) -> web.Response:
     """GET /v1/topology."""
-    c = request.app[controller_key]
-    t = c.topology
-    return web.json_response({
-        "name": t.name,
-        "servers": [{"id": s.id, "capacity_bytes": s.capacity_bytes, "position": list(s.position),
-                     "url": c.node_urls.get(s.id)} for s in t.servers],
-        "links": [{"a": link.a, "b": link.b, "rate_bps": link.rate_bps} for link in t.links],
-        "users": [{"id": u.id, "server": u.server} for u in t.users],
-    })
+    return web.json_response(topology_json(request.app[controller_key]))
 
 
 async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "role": "controller", "runs": len(request.app[controller_key].runs)})
 
 
-def _save_runs(app: web.Application) -> None:
-    c, settings = app[controller_key], app[settings_key]
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(settings.data_dir / "runs.json", json.dumps([r.to_json() for r in c.runs[-100:]]).encode())
-
-
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     settings, controller = app[settings_key], app[controller_key]
+    await controller.load_unsaved()
     task = asyncio.create_task(_periodic(app)) if settings.interval_s else None
     yield
     if task is not None:
@@ -129,6 +134,5 @@ async def _periodic(app: web.Application) -> None:
         await asyncio.sleep(settings.interval_s)
         try:
             await controller.recompute(solver=settings.solver)
-            _save_runs(app)
         except Exception as e:  # a failed periodic run is retried at the next tick
             log.warning("periodic recomputation failed: %r", e)

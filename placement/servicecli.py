@@ -28,7 +28,7 @@ def add_controller_command(sub: Any) -> None:
     serve.add_argument("--topology", type=Path, help="topology YAML (default deploy/topologies/demo.yaml)")
     serve.add_argument("--origin", dest="origin_url", help="origin URL (default http://127.0.0.1:8700)")
     serve.add_argument("--node", dest="nodes", action="append", help="ID=URL of an edge node (default: 127.0.0.1:<port> from the topology)")
-    serve.add_argument("--data", dest="data_dir", type=Path, help="folder for the run history")
+    serve.add_argument("--data", dest="data_dir", type=Path, help="folder for runs the origin has not stored yet")
     serve.add_argument("--token", help="operator token (default $CACHENET_TOKEN); also sent to the nodes")
     serve.add_argument("--interval", dest="interval_s", type=float, help="recompute every S seconds (default: only when asked)")
     serve.add_argument("--solver", help="solver for periodic runs (default trimcaching-gen)")

@@ -1,4 +1,4 @@
-"""Operator routes of the origin: which blocks are missing, block uploads, publishing manifests."""
+"""Operator routes of the origin: missing blocks, block uploads, publishing manifests, placement runs."""
 
 import asyncio
 import json
@@ -19,6 +19,8 @@ from registry.keys import catalogue_key, settings_key, store_key
 __all__ = ("add_operator_routes",)
 
 MAX_MISSING_QUERY_IDS = 100_000
+MAX_PLACEMENT_RUN_BYTES = 16 * 1024 * 1024
+MAX_PLACEMENT_RUNS_LISTED = 1000
 _READ_BYTES = 1024 * 1024
 
 
@@ -38,6 +40,15 @@ def add_operator_routes(app: web.Application, doc: ApiDoc) -> None:
               body={"application/json": {"schema": {"type": "object"}}}, responses={201: "published"})
     doc.route(r, "GET", f"/v1/models/{{name:{MODEL_NAME_PATTERN}}}/revisions/{{revision}}/sharing", sharing,
               summary="Bytes of this revision's blocks that each other model also uses")
+    doc.route(r, "POST", "/v1/placement-runs", add_placement_run, operator=True,
+              summary="Store a placement run (the controller's run JSON) in the catalogue",
+              body={"application/json": {"schema": {"type": "object", "required": ["solver", "hit_ratio"],
+                                                    "properties": {"solver": {"type": "string"},
+                                                                   "hit_ratio": {"type": "number"}}}}},
+              responses={201: "stored; the body is {\"id\": <catalogue id>}"})
+    doc.route(r, "GET", "/v1/placement-runs", list_placement_runs,
+              summary="The most recent placement runs, newest first",
+              query={"limit": {"type": "integer", "minimum": 1, "maximum": MAX_PLACEMENT_RUNS_LISTED}})
 
 
 async def missing(request: web.Request) -> web.Response:
@@ -120,6 +131,39 @@ async def sharing(request: web.Request) -> web.Response:
     commit = await asyncio.to_thread(catalogue.resolve_commit, name, revision)
     shared = await asyncio.to_thread(catalogue.shared_bytes, commit)
     return web.json_response({"revision": commit, "shared_with": shared})
+
+
+async def add_placement_run(request: web.Request) -> web.Response:
+    """POST /v1/placement-runs with a run as body → {"id": ...}."""
+    app = request.app
+    require_token(request, app[settings_key].token)
+    doc = await _json_body(request, limit=MAX_PLACEMENT_RUN_BYTES)
+    solver = doc.get("solver") if isinstance(doc, dict) else None
+    hit_ratio = doc.get("hit_ratio") if isinstance(doc, dict) else None
+    if not isinstance(solver, str) or not 0 < len(solver) <= 64:
+        raise BadInput(f"a placement run is a JSON object with a 'solver' of 1-64 characters, got {solver!r}")
+    if (not isinstance(hit_ratio, int | float) or isinstance(hit_ratio, bool)
+            or not 0.0 <= hit_ratio <= 1.0):
+        raise BadInput(f"a placement run needs a 'hit_ratio' between 0 and 1, got {hit_ratio!r}")
+    run_id = await asyncio.to_thread(app[catalogue_key].add_placement_run, solver, float(hit_ratio), doc)
+    return web.json_response({"id": run_id}, status=201)
+
+
+async def list_placement_runs(request: web.Request) -> web.Response:
+    """GET /v1/placement-runs?limit=N → {"runs": [{id, solver, created_at, hit_ratio, summary}]}."""
+    raw = request.query.get("limit", "20")
+    try:
+        limit = int(raw)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_PLACEMENT_RUNS_LISTED:
+        raise BadInput(f"limit must be an integer from 1 to {MAX_PLACEMENT_RUNS_LISTED}, got {raw!r}")
+    rows = await asyncio.to_thread(request.app[catalogue_key].placement_runs, limit=limit)
+    return web.json_response({"runs": [
+        {"id": r.id, "solver": r.solver, "created_at": r.created_at, "hit_ratio": r.hit_ratio,
+         "summary": r.summary}
+        for r in rows
+    ]})
 
 
 async def _json_body(request: web.Request, *, limit: int) -> Any:

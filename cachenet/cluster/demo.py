@@ -64,8 +64,7 @@ async def run_demo(
         f"bytes moved to the edge nodes {format_bytes(run['bytes_moved'])}",
         f"device pull of {REAL_MODEL_NAME} from edge node {edge_url} (Hugging Face API): "
         f"{'byte-identical' if identical else 'MISMATCH'} ({folder})",
-        f"dashboard data: {controller_url}/v1/placement and {controller_url}/v1/runs "
-        "(the web dashboard is not built yet)",
+        f"dashboard: {controller_url}/ (data: {controller_url}/v1/cluster, {controller_url}/v1/runs)",
     ]
     return {
         "models": [r.to_json() for r in reports],
