@@ -3,6 +3,7 @@
 Layout under the store's root:
 
     root/
+    ├── .lock                                     shared flock held by every open store
     ├── blocks/
     │   └── 3f/
     │       └── a2/
@@ -19,6 +20,7 @@ temporary file (the second to commit discards its copy).
 """
 
 import errno
+import fcntl
 import logging
 import os
 import threading
@@ -37,6 +39,7 @@ __all__ = ("BlockStore", "BlockWriter", "StoreReport")
 log = logging.getLogger(__name__)
 
 READ_CHUNK_BYTES: Final = 1024 * 1024
+STALE_TEMP_S: Final = 3600.0
 _TMP_SUFFIX: Final = ".tmp"
 
 
@@ -77,6 +80,12 @@ class BlockStore:
         self._used = 0
         self._reserved = 0
         self._scan()
+
+    def close(self) -> None:
+        """Release the store's lock (the process exiting does the same)."""
+        if getattr(self, "_lock_fd", None) is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     # -- reading -------------------------------------------------------------------------
 
@@ -281,11 +290,29 @@ class BlockStore:
         return True
 
     def _scan(self) -> None:
-        """Index the blocks on disk and delete temporary files left by a crash."""
+        """Index the blocks on disk and delete temporary files left by a crash.
+
+        Every open store holds a shared lock on `root/.lock`. A store that can take the
+        lock exclusively is alone, so every temporary file is a crash leftover; otherwise
+        another process may be writing, and only temporary files older than
+        `STALE_TEMP_S` are deleted.
+        """
+        self._lock_fd: int | None = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            alone = True
+        except BlockingIOError:
+            alone = False
+        fcntl.flock(self._lock_fd, fcntl.LOCK_SH)  # downgrade: other processes may join now
+        cutoff = time.time() - STALE_TEMP_S
         for path in self._blocks_dir.glob("*/*/*"):
             name = path.name
             if name.endswith(_TMP_SUFFIX):
-                path.unlink(missing_ok=True)
+                try:
+                    if alone or path.stat().st_mtime < cutoff:
+                        path.unlink(missing_ok=True)
+                except FileNotFoundError:
+                    pass
             elif _is_block_name(name) and path.parent.name == name[2:4]:
                 size = path.stat().st_size
                 self._sizes[name] = size

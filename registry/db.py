@@ -11,7 +11,8 @@ Tables:
     placement_runs   (id, solver, created_at, hit_ratio, summary)
 
 Migrations are plain functions applied in order inside one transaction each; the
-current version is kept in `schema_version`. The same code runs on SQLite and PostgreSQL.
+current version is kept in `schema_version`. The same code runs on SQLite and PostgreSQL
+(`postgresql://...` URLs use psycopg 3, the driver of the `postgres` extra).
 """
 
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = (
@@ -133,7 +134,11 @@ SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 def open_engine(url: str) -> Engine:
     """An engine for `url` (SQLite file or PostgreSQL) with the schema migrated to the latest version."""
-    engine = create_engine(url, pool_pre_ping=True)
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        # SQLAlchemy's default PostgreSQL driver is psycopg2; the `postgres` extra ships psycopg 3.
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    engine = create_engine(parsed, pool_pre_ping=True)
     if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine, "connect")

@@ -26,7 +26,7 @@ from cachenet.names import parse_model_ref, validate_model_name
 from registry.catalogue import Catalogue
 from registry.chunking import DEFAULT_MAX_BLOCK_BYTES, CutFile, cut_file, list_folder_files
 from registry.config import OriginSettings
-from registry.intake import missing_blocks, store_block
+from registry.intake import check_no_collision, missing_blocks
 from registry.lora import read_lora_config
 
 __all__ = ("HttpTarget", "LocalTarget", "PublishReport", "PublishTarget", "publish_path")
@@ -103,6 +103,7 @@ class LocalTarget:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = BlockStore(settings.data_dir / "store", fsync=settings.fsync)
         self.catalogue = Catalogue(settings.database_url)
+        self._unrecorded: list[tuple[str, str, int]] = []
 
     async def resolve_commit(self, name: str, revision: str) -> str:
         """The commit of a published revision."""
@@ -113,11 +114,16 @@ class LocalTarget:
         return set(await asyncio.to_thread(missing_blocks, self.store, self.catalogue, block_ids))
 
     async def upload(self, ref: BlockRef, data: memoryview) -> None:
-        """Verify, store and record one block."""
-        await asyncio.to_thread(store_block, self.store, self.catalogue, ref, data)
+        """Verify and store one block; it is recorded in the catalogue with the others at publish."""
+        await asyncio.to_thread(check_no_collision, self.catalogue, ref)
+        await asyncio.to_thread(self.store.put, ref.block_id, data, blake3=ref.blake3)
+        self._unrecorded.append((ref.block_id, ref.blake3, ref.size))
 
     async def publish(self, manifest: ModelManifest, tag: str) -> dict[str, Any]:
-        """Record the manifest in the catalogue."""
+        """Record the new blocks (one transaction), then the manifest, in the catalogue."""
+        if self._unrecorded:
+            await asyncio.to_thread(self.catalogue.record_blocks, self._unrecorded)
+            self._unrecorded = []
         result = await asyncio.to_thread(self.catalogue.publish, manifest, tag=tag, is_stored=self.store.has)
         return {"revision": result.revision, "created": result.created}
 

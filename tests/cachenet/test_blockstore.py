@@ -112,9 +112,22 @@ def test_restart_reindexes_and_removes_crash_leftovers(tmp_path: Path) -> None:
     store.put(block_id, data, blake3=b3)
     leftover = store.path(block_id).parent / f".{block_id}.deadbeef.tmp"
     leftover.write_bytes(b"partial")
+    store.close()  # as when the process that crashed is gone
     reopened = BlockStore(tmp_path, fsync=False)
     assert reopened.has(block_id) and reopened.used_bytes == len(data)
     assert not leftover.exists()
+
+
+def test_a_second_store_on_the_folder_leaves_fresh_temp_files_of_the_first_alone(tmp_path: Path) -> None:
+    """Regression: opening a store deleted the temp files other processes were still writing."""
+    first = BlockStore(tmp_path, fsync=False)
+    block_id, b3, data = _block(8)
+    with first.writer(block_id, blake3=b3, expected_size=len(data)) as w:
+        w.write(data[:10])
+        BlockStore(tmp_path, fsync=False)  # another process starting on the same folder
+        w.write(data[10:])
+        assert w.commit() is True
+    assert first.read(block_id) == data
 
 
 def test_check_and_verify_find_rot_and_quarantine(tmp_path: Path) -> None:

@@ -1,4 +1,7 @@
-"""The origin end to end on real files: publish over HTTP, download back byte for byte."""
+"""The origin end to end on real files: publish over HTTP, download back byte for byte.
+
+Every test runs with the catalogue on SQLite and on PostgreSQL.
+"""
 
 import asyncio
 import hashlib
@@ -15,8 +18,10 @@ from registry.chunking import cut_folder, list_folder_files
 from registry.config import OriginSettings
 from registry.keys import catalogue_key, store_key
 from registry.publish import HttpTarget, PublishReport, publish_path
-from tests.conftest import OPERATOR_TOKEN
+from tests.conftest import DATABASES, OPERATOR_TOKEN
 from tests.modelgen import REAL_MODEL_NAME, make_finetune, make_lora_adapter, real_model_dir
+
+pytestmark = pytest.mark.parametrize("catalogue_backend", DATABASES, indirect=True)
 
 
 def _sha256(path: Path) -> str:

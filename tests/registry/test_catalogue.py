@@ -1,14 +1,18 @@
-"""The catalogue: publish rules, tags, reference counts, collisions, migrations."""
+"""The catalogue on SQLite and PostgreSQL: publish rules, tags, refcounts, collisions, migrations."""
 
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
+from sqlalchemy import text
 
 from cachenet.blockid import digest_of
 from cachenet.errors import HashCollision, MissingBlocks, ModelNotFound
 from cachenet.manifest import BaseRef, BlockRef, FileManifest, ModelManifest
-from registry.catalogue import Catalogue, sqlite_url
+from registry.catalogue import Catalogue
 from registry.db import SCHEMA_VERSION, migrate
+from tests.conftest import DATABASES
+
+pytestmark = pytest.mark.parametrize("catalogue_backend", DATABASES, indirect=True)
 
 
 def _ref(data: bytes) -> BlockRef:
@@ -22,8 +26,10 @@ def _manifest(name: str, *chunks: bytes, base: BaseRef | None = None) -> ModelMa
 
 
 @pytest.fixture
-def catalogue(tmp_path: Path) -> Catalogue:
-    return Catalogue(sqlite_url(tmp_path / "c.sqlite"))
+def catalogue(catalogue_url: str) -> Iterator[Catalogue]:
+    c = Catalogue(catalogue_url)
+    yield c
+    c.close()
 
 
 def _record(catalogue: Catalogue, m: ModelManifest) -> None:
@@ -74,9 +80,13 @@ def test_base_must_exist(catalogue: Catalogue) -> None:
         catalogue.publish(m, is_stored=lambda _: True)
 
 
-def test_migrations_are_idempotent(tmp_path: Path) -> None:
-    c = Catalogue(sqlite_url(tmp_path / "m.sqlite"))
+def test_migrations_are_idempotent(catalogue_url: str) -> None:
+    c = Catalogue(catalogue_url)
     assert migrate(c.engine) == SCHEMA_VERSION
     c.close()
-    again = Catalogue(sqlite_url(tmp_path / "m.sqlite"))
+    again = Catalogue(catalogue_url)
     assert migrate(again.engine) == SCHEMA_VERSION
+    with again.engine.connect() as conn:
+        versions = conn.execute(text("SELECT version FROM schema_version")).scalars().all()
+    assert versions == [SCHEMA_VERSION]
+    again.close()
