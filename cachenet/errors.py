@@ -205,4 +205,5 @@ def error_from_payload(status: int, payload: object) -> CachenetError:
             if k not in ("error", "message") and isinstance(k, str) and k.isidentifier()
         }
     cls = _BY_NAME.get(str(name)) or _BY_STATUS.get(status, CachenetError)
+    attrs.pop("status_code", None)  # a relayed error already carries the first hop's status
     return cls(str(message or f"HTTP {status}"), status_code=status, **attrs)

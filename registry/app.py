@@ -16,6 +16,7 @@ from cachenet.openapi import ApiDoc
 from registry.catalogue import Catalogue
 from registry.config import OriginSettings
 from registry.keys import catalogue_key, settings_key, store_key
+from registry.knowledgeroutes import add_knowledge_routes
 from registry.mirror import STALE_REF, STALE_REF_HEADER, Mirror, MirrorRules, UpstreamHub
 from registry.origin import OriginSource
 from registry.routes import add_operator_routes
@@ -44,6 +45,7 @@ def create_app(settings: OriginSettings) -> web.Application:
     app.router.add_get("/metrics", metrics_handler(registry))
     app.router.add_get("/openapi.json", doc.handle)
     add_operator_routes(app, doc)
+    add_knowledge_routes(app, doc)
     mirror = _make_mirror(settings, catalogue, store)
     add_device_routes(app, OriginSource(catalogue, store, mirror=mirror), doc)
     app.cleanup_ctx.append(_close_catalogue)

@@ -12,6 +12,7 @@ from cachenet.edge.cache import EdgeCache
 from cachenet.edge.config import EdgeSettings
 from cachenet.edge.demand import DemandStats
 from cachenet.edge.keys import cache_key, demand_key, manifests_key, settings_key
+from cachenet.edge.knowledge import add_knowledge_routes
 from cachenet.edge.manifests import ManifestCache
 from cachenet.edge.routes import add_node_routes
 from cachenet.edge.source import EdgeSource
@@ -47,6 +48,7 @@ def create_app(settings: EdgeSettings) -> web.Application:
     app.router.add_get("/metrics", metrics_handler(cache.metrics.registry))
     app.router.add_get("/openapi.json", doc.handle)
     add_node_routes(app, doc)
+    add_knowledge_routes(app, doc)
     add_device_routes(app, EdgeSource(cache, manifests, demand, pacer), doc)
     app.cleanup_ctx.append(_lifecycle)
     return app

@@ -140,10 +140,15 @@ class EdgeCache:
         validate_block_id(block_id)
         blake3 = blake3 or self.blake3_of.get(block_id)
         if self.store.has(block_id) and await self._intact_on_read(block_id):
-            if not for_plan:
-                self.policy.touch(block_id, model=model)
-                self._count(model, "hit")
-            return LocalBlock(self.store.path(block_id), self.store.size_of(block_id), blake3)
+            try:
+                held = LocalBlock(self.store.path(block_id), self.store.size_of(block_id), blake3)
+            except BlockNotFound:
+                held = None  # evicted by another request between the check and now: a miss
+            if held is not None:
+                if not for_plan:
+                    self.policy.touch(block_id, model=model)
+                    self._count(model, "hit")
+                return held
         if only_if_cached:
             raise BlockNotFound(f"block {block_id} is not held by {self.settings.node_id}", block_id=block_id)
         if not for_plan:
@@ -417,6 +422,9 @@ class EdgeCache:
 
     def _load_plan(self) -> PlanStatus:
         path = self.settings.data_dir / "plan.json"
+        # plan.json is the truth for pins: policy.json is saved only now and then, so after a
+        # crash it may still pin an earlier plan's blocks, which could then never be evicted.
+        self.policy.unpin(self.policy.pinned)
         try:
             doc = json.loads(path.read_text())
             refs = {b[0]: BlockRef(b[0], b[1], b[2]) for b in doc["blocks"]}

@@ -63,3 +63,11 @@ def test_segments_cover_ranges_across_block_boundaries() -> None:
     assert [(lo, hi) for _, lo, hi in f.segments_in(3, 6)] == [(0, 3)]
     with pytest.raises(FileNotInModel):
         _model().file("nope")
+
+
+def test_relayed_error_payload_with_a_status_code_rebuilds() -> None:
+    """Regression: an error relayed by an edge node carried status_code twice and raised TypeError."""
+    from cachenet.errors import ModelNotFound, error_from_payload
+
+    err = error_from_payload(404, {"error": "ModelNotFound", "message": "no", "status_code": 404, "model": "m"})
+    assert isinstance(err, ModelNotFound) and err.attrs["model"] == "m"

@@ -1,0 +1,182 @@
+"""Origin routes of RAG knowledge collections: list them, describe one, answer top-k queries."""
+
+import asyncio
+import threading
+from collections import OrderedDict
+from typing import Any, Final
+
+from aiohttp import web
+
+from cachenet.blockstore import BlockStore
+from cachenet.errors import ModelNotFound
+from cachenet.knowledge import (
+    KNOWLEDGE_KIND,
+    KNOWLEDGE_PREFIX,
+    MAX_QUERY_BODY_BYTES,
+    IndexInfo,
+    Shard,
+    ShardInfo,
+    answer_json,
+    collection_model_name,
+    decode_index,
+    decode_query_body,
+    decode_shard,
+    describe_json,
+    embed_query,
+    index_ref,
+    query_body_schema,
+    route_query,
+    search_shards,
+)
+from cachenet.manifest import ModelManifest
+from cachenet.openapi import ApiDoc
+from registry.catalogue import Catalogue
+from registry.keys import catalogue_key, store_key
+
+__all__ = ("COLLECTION_PATTERN", "OriginKnowledge", "add_knowledge_routes", "knowledge_key")
+
+COLLECTION_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+DEFAULT_SHARD_MEMORY_BYTES: Final = 512 * 1024 * 1024
+
+
+class OriginKnowledge:
+    """The origin's collections: indexes and decoded shards kept in memory (LRU by bytes)."""
+
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        store: BlockStore,
+        *,
+        max_shard_bytes: int = DEFAULT_SHARD_MEMORY_BYTES,
+    ) -> None:
+        self.catalogue = catalogue
+        self.store = store
+        self.max_shard_bytes = max_shard_bytes
+        self._indexes: dict[str, IndexInfo] = {}
+        self._shards: OrderedDict[str, Shard] = OrderedDict()
+        self._shard_bytes = 0
+        self._lock = threading.Lock()
+
+    def collection(
+        self, collection: str, revision: str = "main"
+    ) -> tuple[ModelManifest, IndexInfo]:
+        """The manifest and index of a collection revision; raises `ModelNotFound` (blocking)."""
+        name = collection_model_name(collection)
+        try:
+            manifest = self.catalogue.manifest(name, revision)
+        except ModelNotFound:
+            raise ModelNotFound(
+                f"knowledge collection {collection!r} has no revision {revision!r}", model=name
+            ) from None
+        ref = index_ref(manifest)
+        with self._lock:
+            index = self._indexes.get(ref.block_id)
+        if index is None:
+            index = decode_index(self.store.read(ref.block_id))
+            with self._lock:
+                self._indexes[ref.block_id] = index
+        return manifest, index
+
+    def shards(self, index: IndexInfo, numbers: tuple[int, ...]) -> dict[int, Shard]:
+        """Decoded shards by number (blocking: reads and parses blocks not in memory)."""
+        return {n: self._shard(index.shards[n]) for n in numbers}
+
+    def _shard(self, info: ShardInfo) -> Shard:
+        with self._lock:
+            shard = self._shards.get(info.block_id)
+            if shard is not None:
+                self._shards.move_to_end(info.block_id)
+                return shard
+        shard = decode_shard(self.store.read(info.block_id))
+        with self._lock:
+            if info.block_id not in self._shards:
+                self._shards[info.block_id] = shard
+                self._shard_bytes += shard.nbytes
+            while self._shard_bytes > self.max_shard_bytes and len(self._shards) > 1:
+                _, old = self._shards.popitem(last=False)
+                self._shard_bytes -= old.nbytes
+        return shard
+
+
+knowledge_key: Final = web.AppKey("knowledge", OriginKnowledge)
+
+
+def add_knowledge_routes(app: web.Application, doc: ApiDoc) -> None:
+    """Register /v1/knowledge/* on the origin app (after its store and catalogue are set)."""
+    app[knowledge_key] = OriginKnowledge(app[catalogue_key], app[store_key])
+    r = app.router
+    collection = f"{{collection:{COLLECTION_PATTERN}}}"
+    doc.route(
+        r, "GET", "/v1/knowledge", list_collections, summary="Knowledge collections and their sizes"
+    )
+    doc.route(
+        r,
+        "GET",
+        f"/v1/knowledge/{collection}",
+        describe_collection,
+        summary="A collection's index: model, dims, shards (block ids, sizes, chunk counts)",
+        query={"revision": {"type": "string"}},
+    )
+    doc.route(
+        r,
+        "POST",
+        f"/v1/knowledge/{collection}/query",
+        query_collection,
+        summary="Top-k chunks by inner product inside the nprobe shards nearest the query",
+        body=query_body_schema(),
+    )
+
+
+async def list_collections(request: web.Request) -> web.Response:
+    """GET /v1/knowledge → {"collections": [...]}."""
+    catalogue = request.app[catalogue_key]
+
+    def rows() -> list[dict[str, Any]]:
+        out = []
+        for m in catalogue.list_models():
+            if not m.name.startswith(KNOWLEDGE_PREFIX) or "main" not in m.tags:
+                continue
+            manifest = catalogue.manifest_by_commit(m.tags["main"])
+            if manifest.metadata.get("kind") != KNOWLEDGE_KIND:
+                continue
+            out.append(
+                {
+                    "collection": m.name.removeprefix(KNOWLEDGE_PREFIX),
+                    "name": m.name,
+                    "revision": manifest.revision,
+                    "bytes": manifest.total_size,
+                    **{k: manifest.metadata.get(k) for k in ("model", "dims", "chunks", "shards")},
+                }
+            )
+        return out
+
+    return web.json_response({"collections": await asyncio.to_thread(rows)})
+
+
+async def describe_collection(request: web.Request) -> web.Response:
+    """GET /v1/knowledge/{collection}."""
+    kn = request.app[knowledge_key]
+    revision = request.query.get("revision", "main")
+    manifest, index = await asyncio.to_thread(
+        kn.collection, request.match_info["collection"], revision
+    )
+    return web.json_response(describe_json(manifest, index))
+
+
+async def query_collection(request: web.Request) -> web.Response:
+    """POST /v1/knowledge/{collection}/query → the top-k chunks."""
+    kn = request.app[knowledge_key]
+    query = decode_query_body(await request.content.read(MAX_QUERY_BODY_BYTES + 1))
+    manifest, index = await asyncio.to_thread(
+        kn.collection, request.match_info["collection"], query.revision
+    )
+    vector = query.embedding
+    if vector is None:
+        assert query.text is not None
+        vector = await asyncio.to_thread(embed_query, query.text, model=index.model)
+    probe = route_query(index, vector, query.nprobe)
+    shards = await asyncio.to_thread(kn.shards, index, probe)
+    hits = await asyncio.to_thread(search_shards, shards, vector, query.k)
+    return web.json_response(
+        answer_json(index, manifest.revision, probe, hits, served="origin", node="origin")
+    )
