@@ -19,8 +19,8 @@ __all__ = (
     "validate_block_id",
 )
 
-BLOCK_ID_RE: Final = re.compile(r"^[0-9a-f]{32}$")
-BLAKE3_RE: Final = re.compile(r"^[0-9a-f]{64}$")
+BLOCK_ID_RE: Final = re.compile(r"^[0-9a-f]{32}\Z")
+BLAKE3_RE: Final = re.compile(r"^[0-9a-f]{64}\Z")
 # BLAKE3 parallelises over large inputs; below this size threads cost more than they save.
 _BLAKE3_THREADED_MIN_BYTES: Final = 4 * 1024 * 1024
 

@@ -54,6 +54,26 @@ BLAKE3_HEADER: Final = "X-Block-Blake3"
 # Files at least this big, and every safetensors file, are presented as Git LFS files,
 # whose Hugging Face ETag is the SHA-256 of the content (clients verify downloads with it).
 LFS_MIN_BYTES: Final = 10 * 1024 * 1024
+_MANIFEST_SCHEMA: Final[dict[str, Any]] = {
+    "type": "object",
+    "required": ["format", "name", "revision", "files"],
+    "properties": {
+        "format": {"type": "string"}, "name": {"type": "string"}, "revision": {"type": "string"},
+        "base": {"type": ["object", "null"]}, "metadata": {"type": "object"},
+        "files": {"type": "array", "items": {"type": "object", "required": ["path", "size", "sha256", "blocks"]}},
+    },
+}
+_HF_INFO_SCHEMA: Final[dict[str, Any]] = {
+    "type": "object",
+    "required": ["id", "sha", "siblings"],
+    "properties": {"id": {"type": "string"}, "sha": {"type": "string"}, "siblings": {"type": "array", "items": {
+        "type": "object", "required": ["rfilename"]}}},
+}
+_HF_TREE_SCHEMA: Final[dict[str, Any]] = {
+    "type": "array",
+    "items": {"type": "object", "required": ["type", "path", "oid", "size"],
+              "properties": {"type": {"enum": ["file", "directory"]}, "path": {"type": "string"}}},
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,21 +178,24 @@ def add_device_routes(app: web.Application, source: ModelSource, doc: ApiDoc) ->
               responses={200: "block bytes", 206: "partial block", 304: "not modified"})
     doc.route(r, "HEAD", f"/v1/blocks/{block}", api.get_block, summary="Block headers", content="",
               responses={200: "block exists"})
-    doc.route(r, "GET", "/v1/models", api.list_models, summary="List models and their tags")
+    doc.route(r, "GET", "/v1/models", api.list_models, summary="List models and their tags",
+              schema={"type": "object", "required": ["models"], "properties": {"models": {"type": "array"}}})
     doc.route(r, "GET", f"/v1/models/{name}/revisions/{{revision}}", api.get_manifest,
-              summary="Get a model manifest by revision or tag")
+              summary="Get a model manifest by revision or tag", schema=_MANIFEST_SCHEMA)
     doc.route(r, "GET", f"/v1/models/{name}/revisions/{{revision}}/files/{file_path}", api.get_file,
               summary="Download an assembled file", content="application/octet-stream",
               responses={200: "file bytes", 206: "partial file"})
     doc.route(r, "HEAD", f"/v1/models/{name}/revisions/{{revision}}/files/{file_path}", api.get_file,
               summary="Assembled file headers", content="")
     doc.route(r, "GET", f"/api/models/{name}/revision/{{revision}}", api.hf_model_info,
-              summary="Hugging Face model info at a revision")
+              summary="Hugging Face model info at a revision", schema=_HF_INFO_SCHEMA)
     doc.route(r, "GET", f"/api/models/{name}/tree/{{revision}}", api.hf_tree,
-              summary="Hugging Face tree listing", query={"recursive": {"type": "boolean"}})
+              summary="Hugging Face tree listing", query={"recursive": {"type": "boolean"}}, schema=_HF_TREE_SCHEMA)
     doc.route(r, "GET", f"/api/models/{name}/tree/{{revision}}/{file_path}", api.hf_tree,
-              summary="Hugging Face tree listing under a folder", query={"recursive": {"type": "boolean"}})
-    doc.route(r, "GET", f"/api/models/{name}", api.hf_model_info, summary="Hugging Face model info")
+              summary="Hugging Face tree listing under a folder", query={"recursive": {"type": "boolean"}},
+              schema=_HF_TREE_SCHEMA)
+    doc.route(r, "GET", f"/api/models/{name}", api.hf_model_info, summary="Hugging Face model info",
+              schema=_HF_INFO_SCHEMA)
     doc.route(r, "GET", f"/{name}/resolve/{{revision}}/{file_path}", api.hf_resolve,
               summary="Hugging Face file download", content="application/octet-stream",
               responses={200: "file bytes", 206: "partial file"})

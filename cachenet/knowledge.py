@@ -402,7 +402,7 @@ def decode_query_body(data: bytes) -> QueryInfo:
         raise BadInput(f"query body is over the {MAX_QUERY_BODY_BYTES}-byte limit")
     try:
         doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # bad UTF-8/JSON, huge integers, deep nesting
         raise BadInput(f"query body is not JSON: {e}") from None
     return parse_query(doc)
 

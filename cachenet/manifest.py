@@ -163,6 +163,10 @@ class ModelManifest:
             return _parse(doc)
         except (KeyError, TypeError, AttributeError) as e:
             raise ManifestInvalid(f"malformed manifest: {e!r}") from None
+        except UnicodeError:  # a lone surrogate ("\ud800") cannot be written as UTF-8
+            raise ManifestInvalid("manifest holds text that is not valid Unicode") from None
+        except RecursionError:
+            raise ManifestInvalid("manifest is nested too deeply") from None
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "ModelManifest":
@@ -171,7 +175,8 @@ class ModelManifest:
             raise ManifestInvalid(f"manifest of {len(data)} bytes is over the {MAX_MANIFEST_BYTES} limit")
         try:
             doc = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        # ValueError also covers integers over Python's digit limit; RecursionError deep nesting.
+        except (ValueError, RecursionError) as e:
             raise ManifestInvalid(f"manifest is not JSON: {e}") from None
         return cls.from_json(doc)
 
@@ -207,7 +212,7 @@ def _parse(doc: object) -> ModelManifest:
     base = None
     if doc.get("base") is not None:
         b = doc["base"]
-        if not isinstance(b, dict) or not COMMIT_RE.match(str(b.get("revision", ""))):
+        if not isinstance(b, dict) or not isinstance(b.get("revision"), str) or not COMMIT_RE.match(b["revision"]):
             raise ManifestInvalid("base must be {name, revision} with a 40-digit commit id")
         base = BaseRef(validate_model_name(b["name"]), b["revision"])
     metadata = doc.get("metadata") or {}

@@ -14,10 +14,11 @@ __all__ = (
 )
 
 _PART: Final = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
-_MODEL_NAME_RE: Final = re.compile(rf"^{_PART}(/{_PART})?$")
-_REVISION_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-COMMIT_RE: Final = re.compile(r"^[0-9a-f]{40}$")
-_PATH_PART_RE: Final = re.compile(r"^[^\x00-\x1f/\\:*?\"<>|]{1,255}$")
+_MODEL_NAME_RE: Final = re.compile(rf"^{_PART}(/{_PART})?\Z")
+_REVISION_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+# \Z, not $: "$" also matches before a trailing newline ("main\n" would pass).
+COMMIT_RE: Final = re.compile(r"^[0-9a-f]{40}\Z")
+_PATH_PART_RE: Final = re.compile(r"^[^\x00-\x1f/\\:*?\"<>|\ud800-\udfff]{1,255}\Z")
 MAX_PATH_CHARS: Final = 1024
 
 

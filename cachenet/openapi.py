@@ -9,6 +9,13 @@ from aiohttp.typedefs import Handler
 
 __all__ = ("ApiDoc", "error_schema")
 
+# What the servers accept for the path parameters every API shares (cachenet.names, cachenet.blockid).
+_PATH_PARAM_SCHEMAS: Final[dict[str, dict[str, Any]]] = {
+    "block_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+    "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$"},
+    "revision": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
+    "path": {"type": "string", "minLength": 1, "maxLength": 1024},
+}
 _PARAM_RE: Final = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[^{}]*(?:\{[^{}]*\}[^{}]*)*)?\}")
 
 
@@ -42,15 +49,22 @@ class ApiDoc:
         body: dict[str, Any] | None = None,
         responses: dict[int, str] | None = None,
         content: str = "application/json",
+        schema: dict[str, Any] | None = None,
+        errors: dict[int, str] | None = None,
     ) -> None:
-        """Register `handler` on `router` and describe it."""
+        """Register `handler` on `router` and describe it.
+
+        `schema` describes the JSON body of the 2xx responses; every route also documents
+        the error statuses it can answer (`errors` adds route-specific ones) with the JSON
+        error body.
+        """
         router.add_route(method, path, handler)
         params: list[dict[str, Any]] = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            {"name": name, "in": "path", "required": True, "schema": _PATH_PARAM_SCHEMAS.get(name, {"type": "string"})}
             for name in _PARAM_RE.findall(path)
         ]
-        for name, schema in (query or {}).items():
-            params.append({"name": name, "in": "query", "required": False, "schema": schema})
+        for name, param_schema in (query or {}).items():
+            params.append({"name": name, "in": "query", "required": False, "schema": param_schema})
         op: dict[str, Any] = {"summary": summary, "operationId": f"{method.lower()}_{handler.__name__}"}
         if params:
             op["parameters"] = params
@@ -61,13 +75,15 @@ class ApiDoc:
         }
         for code in resp_doc:
             if code.startswith("2") and content and method != "HEAD":
-                resp_doc[code]["content"] = {content: {}}
-        for code, text in ((401, "missing or wrong operator token"),) if operator else ():
-            resp_doc.setdefault(str(code), {"description": text})
-        for code, text in ((404, "not found"), (422, "invalid input")):
-            resp_doc.setdefault(
-                str(code), {"description": text, "content": {"application/json": {"schema": error_schema()}}}
-            )
+                media: dict[str, Any] = {"schema": schema} if schema is not None else {}
+                resp_doc[code]["content"] = {content: media}
+        for status, text in sorted({**_default_errors(method, operator, content), **(errors or {})}.items()):
+            entry: dict[str, Any] = {"description": text}
+            if method != "HEAD":  # a HEAD answer has no body to describe
+                entry["content"] = {"application/json": {"schema": error_schema()}}
+                if status == 400:  # aiohttp's HTTP parser answers before any handler, in plain text
+                    entry["content"]["text/plain"] = {}
+            resp_doc.setdefault(str(status), entry)
         op["responses"] = resp_doc
         if operator:
             op["security"] = [{"bearer": []}]
@@ -94,3 +110,24 @@ class ApiDoc:
     async def handle(self, request: web.Request) -> web.Response:
         """GET /openapi.json."""
         return web.json_response(self.document())
+
+
+def _default_errors(method: str, operator: bool, content: str) -> dict[int, str]:
+    """The error statuses any route of this kind can answer (see `cachenet.errors`)."""
+    out = {
+        400: "malformed HTTP (e.g. a request line over 8190 bytes), refused by aiohttp's parser",
+        404: "not found (unknown model, revision, file, block or route)",
+        409: "integrity: bytes that do not match their hashes, or a block id collision",
+        422: "invalid input (names, ids, paths, bodies, sizes)",
+        503: "an upstream (origin, peer, node, controller) is unavailable",
+    }
+    if operator:
+        out[401] = "missing or wrong operator token"
+    if method in ("GET", "HEAD"):
+        out[403] = "refused by a mirror rule (deny/allow patterns, file size)"
+        out[504] = "an upstream hub cannot be reached for something not cached here"
+    if content == "application/octet-stream" or method == "HEAD":
+        out[416] = "Range selects nothing inside the resource"
+    if method in ("PUT", "POST"):
+        out[507] = "the store or disk is full"
+    return out

@@ -24,7 +24,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     first, last = m.group(1), m.group(2)
     if not first:  # suffix range: the last N bytes
         n = int(last)
-        if n == 0:
+        if n == 0 or size == 0:  # RFC 9110 §14.1.3: nothing to select in an empty body
             raise RangeNotSatisfiable(f"range {header!r} selects nothing", size=size)
         return max(0, size - n), size
     start = int(first)

@@ -36,7 +36,10 @@ def parse_size(text: str | int) -> int:
     unit = m.group(2).lower() if m else ""
     if not m or unit not in _UNITS:
         raise BadInput(f"cannot read {text!r} as a size: use e.g. 4GiB, 512MB or 1000000")
-    return int(float(m.group(1)) * _UNITS[unit])
+    value = float(m.group(1)) * _UNITS[unit]
+    if not value < 2**63:
+        raise BadInput(f"size {text!r} is too large")
+    return int(value)
 
 
 def parse_rate(text: str | int | float) -> float:

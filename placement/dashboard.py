@@ -219,7 +219,10 @@ def add_dashboard_routes(app: web.Application, doc: ApiDoc, dashboard: Dashboard
     )
     r.add_static("/static/", STATIC_DIR)
     doc.route(
-        r, "GET", "/v1/cluster", cluster, summary="Topology, every node's state and hit/miss counts"
+        r, "GET", "/v1/cluster", cluster, summary="Topology, every node's state and hit/miss counts",
+        schema={"type": "object", "required": ["origin", "topology", "nodes", "models", "totals"],
+                "properties": {"nodes": {"type": "array"}, "models": {"type": "array"},
+                               "totals": {"type": "object"}, "topology": {"type": "object"}}},
     )
     doc.route(
         r,

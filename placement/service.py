@@ -48,12 +48,24 @@ def create_app(settings: ControllerSettings) -> web.Application:
     doc.route(r, "POST", "/v1/placement/recompute", recompute, operator=True,
               summary="Recompute the placement now and push plans to the nodes",
               body={"application/json": {"schema": {"type": "object", "properties": {
-                  "solver": {"type": "string", "enum": sorted(SOLVERS)}}}}})
-    doc.route(r, "GET", "/v1/placement", current, summary="The current placement and last run")
+                  "solver": {"type": "string", "enum": sorted(SOLVERS)}}}}},
+              schema={"type": "object", "required": ["stored"], "properties": {"stored": {"type": "boolean"}}})
+    doc.route(r, "GET", "/v1/placement", current, summary="The current placement and last run",
+              schema={"type": "object", "required": ["placement", "last_run"],
+                      "properties": {"placement": {"type": ["object", "null"]},
+                                     "last_run": {"type": ["object", "null"]}}})
     doc.route(r, "GET", "/v1/runs", runs, summary="Recent placement runs, from the origin's catalogue",
-              query={"limit": {"type": "integer", "minimum": 1, "maximum": MAX_RUNS_LISTED}})
-    doc.route(r, "GET", "/v1/lookup", lookup, summary="Block id → URLs of the nodes that hold it")
-    doc.route(r, "GET", "/v1/topology", topology_view, summary="Servers, links and users of the topology")
+              query={"limit": {"type": "integer", "minimum": 1, "maximum": MAX_RUNS_LISTED}},
+              schema={"type": "object", "required": ["runs", "source", "unsaved"],
+                      "properties": {"runs": {"type": "array"}, "source": {"type": "string"},
+                                     "unsaved": {"type": "integer"}}})
+    doc.route(r, "GET", "/v1/lookup", lookup, summary="Block id → URLs of the nodes that hold it",
+              schema={"type": "object", "required": ["blocks"], "properties": {"blocks": {
+                  "type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}}}})
+    doc.route(r, "GET", "/v1/topology", topology_view, summary="Servers, links and users of the topology",
+              schema={"type": "object", "required": ["servers", "links", "users"],
+                      "properties": {"servers": {"type": "array"}, "links": {"type": "array"},
+                                     "users": {"type": "array"}}})
     app.cleanup_ctx.append(_lifecycle)
     # After _lifecycle, so that a simulation still running is cancelled before the session closes.
     add_dashboard_routes(app, doc, Dashboard(controller))
@@ -64,12 +76,14 @@ async def recompute(request: web.Request) -> web.Response:
     """POST /v1/placement/recompute {"solver": ...}."""
     settings = request.app[settings_key]
     require_token(request, settings.token)
-    body: dict[str, Any] = {}
+    body: Any = {}
     if request.can_read_body:
         try:
             body = json.loads(await request.content.read(64 * 1024) or b"{}")
-        except ValueError:
-            raise BadInput("body must be JSON like {\"solver\": \"trimcaching-gen\"}") from None
+        except (ValueError, RecursionError):
+            body = None
+    if not isinstance(body, dict):  # a JSON number or list used to crash .get() with a 500
+        raise BadInput("body must be a JSON object like {\"solver\": \"trimcaching-gen\"}")
     solver = str(body.get("solver") or settings.solver)
     if solver not in SOLVERS:
         raise BadInput(f"unknown solver {solver!r}; choose one of {', '.join(sorted(SOLVERS))}")

@@ -132,7 +132,7 @@ def parse_size(value: object, *, field_name: str = "capacity") -> int:
         raise TopologyInvalid(f"{field_name}: expected a size, got {value!r}", field=field_name)
     try:
         return _parse_bytes(value.replace(" ", "") if isinstance(value, str) else value)
-    except BadInput:
+    except (BadInput, OverflowError):  # OverflowError: "1e999" is an infinite float
         raise TopologyInvalid(
             f"{field_name}: cannot read size {value!r}; use bytes (>= 0) or e.g. '4GB', '512MiB'",
             field=field_name,
@@ -230,7 +230,7 @@ def parse_topology(data: object) -> Topology:
         )
     _unique([u.id for u in users], key)
     origin = d.get("origin")
-    if origin is not None and origin not in known:
+    if origin is not None and (not isinstance(origin, str) or origin not in known):
         raise TopologyInvalid(f"origin: unknown node {origin!r}", field="origin")
     overhead = d.get("overhead_s", DEFAULT_OVERHEAD_S)
     overhead_s = _positive(overhead, "overhead_s", allow_zero=True)
@@ -341,7 +341,11 @@ def _number(value: object, where: str) -> float:
             value = float(value)  # YAML reads 2e7 without a dot as a string
         except ValueError:
             raise TopologyInvalid(f"{where} must be a number, got {value!r}", field=where) from None
-    if not isinstance(value, int | float) or not math.isfinite(value):
+    try:  # an int too big for a float is not finite either
+        finite = isinstance(value, int | float) and math.isfinite(value)
+    except OverflowError:
+        finite = False
+    if not finite or not isinstance(value, int | float):
         raise TopologyInvalid(f"{where} must be a finite number, got {value!r}", field=where)
     return float(value)
 
@@ -367,7 +371,7 @@ def _radio(value: object, where: str, base: RadioInfo) -> RadioInfo:
     r = _mapping(value, where)
     unknown = set(r) - {"bandwidth_hz", "tx_power_dbm", "noise_dbm_per_hz", "rayleigh"}
     if unknown:
-        raise TopologyInvalid(f"{where}: unknown keys {sorted(unknown)}", field=where)
+        raise TopologyInvalid(f"{where}: unknown keys {sorted(map(str, unknown))}", field=where)
     rayleigh = r.get("rayleigh", base.rayleigh)
     if not isinstance(rayleigh, bool):
         raise TopologyInvalid(f"{where}.rayleigh must be true or false", field=f"{where}.rayleigh")

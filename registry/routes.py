@@ -30,25 +30,39 @@ def add_operator_routes(app: web.Application, doc: ApiDoc) -> None:
     doc.route(r, "POST", "/v1/blocks/missing", missing, operator=True,
               summary="Which of these block ids the origin lacks",
               body={"application/json": {"schema": {"type": "object", "required": ["block_ids"], "properties": {
-                  "block_ids": {"type": "array", "items": {"type": "string"}}}}}})
+                  "block_ids": {"type": "array", "items": {"type": "string"}}}}}},
+              schema={"type": "object", "required": ["missing"],
+                      "properties": {"missing": {"type": "array", "items": {"type": "string"}}}})
     doc.route(r, "PUT", "/v1/blocks/{block_id}", upload_block, operator=True,
               summary="Upload one block (verified against its id and the X-Blake3 header)",
-              body={"application/octet-stream": {}}, responses={201: "stored", 200: "already stored"})
+              body={"application/octet-stream": {}}, responses={201: "stored", 200: "already stored"},
+              schema={"type": "object", "required": ["block_id", "stored"],
+                      "properties": {"block_id": {"type": "string"}, "stored": {"type": "boolean"}}})
     doc.route(r, "POST", f"/v1/models/{{name:{MODEL_NAME_PATTERN}}}/revisions",
               publish, operator=True, summary="Publish a manifest and move a tag to it",
               query={"tag": {"type": "string"}},
-              body={"application/json": {"schema": {"type": "object"}}}, responses={201: "published"})
+              body={"application/json": {"schema": {"type": "object"}}},
+              responses={201: "published", 200: "already published (the tag moved to it)"},
+              schema={"type": "object", "required": ["name", "revision", "tag", "total_bytes", "unique_bytes", "created"],
+                      "properties": {"name": {"type": "string"}, "revision": {"type": "string"},
+                                     "tag": {"type": "string"}, "total_bytes": {"type": "integer"},
+                                     "unique_bytes": {"type": "integer"}, "created": {"type": "boolean"}}})
     doc.route(r, "GET", f"/v1/models/{{name:{MODEL_NAME_PATTERN}}}/revisions/{{revision}}/sharing", sharing,
-              summary="Bytes of this revision's blocks that each other model also uses")
+              summary="Bytes of this revision's blocks that each other model also uses",
+              schema={"type": "object", "required": ["revision", "shared_with"],
+                      "properties": {"revision": {"type": "string"}, "shared_with": {"type": "object"}}})
     doc.route(r, "POST", "/v1/placement-runs", add_placement_run, operator=True,
               summary="Store a placement run (the controller's run JSON) in the catalogue",
               body={"application/json": {"schema": {"type": "object", "required": ["solver", "hit_ratio"],
                                                     "properties": {"solver": {"type": "string"},
                                                                    "hit_ratio": {"type": "number"}}}}},
-              responses={201: "stored; the body is {\"id\": <catalogue id>}"})
+              responses={201: "stored; the body is {\"id\": <catalogue id>}"},
+              schema={"type": "object", "required": ["id"], "properties": {"id": {"type": "integer"}}})
     doc.route(r, "GET", "/v1/placement-runs", list_placement_runs,
               summary="The most recent placement runs, newest first",
-              query={"limit": {"type": "integer", "minimum": 1, "maximum": MAX_PLACEMENT_RUNS_LISTED}})
+              query={"limit": {"type": "integer", "minimum": 1, "maximum": MAX_PLACEMENT_RUNS_LISTED}},
+              schema={"type": "object", "required": ["runs"], "properties": {"runs": {"type": "array", "items": {
+                  "type": "object", "required": ["id", "solver", "created_at", "hit_ratio"]}}}})
 
 
 async def missing(request: web.Request) -> web.Response:
@@ -174,5 +188,6 @@ async def _json_body(request: web.Request, *, limit: int) -> Any:
         raise BadInput(f"body is over the {limit}-byte limit")
     try:
         return json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    # ValueError also covers integers over Python's digit limit; RecursionError deep nesting.
+    except (ValueError, RecursionError) as e:
         raise BadInput(f"body is not JSON: {e}") from None

@@ -95,7 +95,8 @@ def parse_header(prefix: bytes | memoryview, *, file_size: int, name: str = "<fi
     raw = bytes(prefix[8 : 8 + n])
     try:
         doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    # ValueError also covers integers over Python's digit limit; RecursionError deep nesting.
+    except (ValueError, RecursionError) as e:
         raise bad(f"header is not JSON ({e})") from None
     if not isinstance(doc, dict):
         raise bad("header is not a JSON object")
@@ -110,7 +111,7 @@ def parse_header(prefix: bytes | memoryview, *, file_size: int, name: str = "<fi
         if not isinstance(info, dict):
             raise bad(f"tensor {tname!r} is not an object")
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if dtype not in DTYPE_BITS:
+        if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
             raise bad(f"tensor {tname!r} has unknown dtype {dtype!r}")
         if not isinstance(shape, list) or not all(
             isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape

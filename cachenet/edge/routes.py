@@ -12,21 +12,39 @@ from cachenet.middlewares import require_token
 from cachenet.openapi import ApiDoc
 from cachenet.edge.keys import cache_key, demand_key, manifests_key, settings_key
 
-__all__ = ("add_node_routes",)
+__all__ = ("add_node_routes", "parse_plan")
 
 MAX_PLAN_BYTES = 64 * 1024 * 1024
+_PLAN_SCHEMA: dict[str, Any] = {"type": "object", "required": ["plan_id", "blocks", "bytes", "fetched", "failed", "state"],
+                                "properties": {"plan_id": {"type": ["string", "null"]}, "blocks": {"type": "integer"},
+                                               "bytes": {"type": "integer"}, "fetched": {"type": "integer"},
+                                               "failed": {"type": "array"}, "state": {"type": "string"}}}
+_STATE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["node_id", "capacity_bytes", "used_bytes", "pinned_bytes", "cached_bytes", "blocks", "plan", "models"],
+    "properties": {"node_id": {"type": "string"}, "capacity_bytes": {"type": "integer"},
+                   "used_bytes": {"type": "integer"}, "pinned_bytes": {"type": "integer"},
+                   "cached_bytes": {"type": "integer"}, "blocks": {"type": "integer"}, "plan": _PLAN_SCHEMA,
+                   "models": {"type": "array", "items": {"type": "object", "required": ["name", "revision"]}},
+                   "block_ids": {"type": ["array", "null"], "items": {"type": "string"}}},
+}
 
 
 def add_node_routes(app: web.Application, doc: ApiDoc) -> None:
     """Register /v1/node/* on `app`."""
     r = app.router
-    doc.route(r, "GET", "/v1/node/state", node_state, summary="Capacity, bytes used, pinned vs cached, per-model completeness")
-    doc.route(r, "GET", "/v1/node/demand", node_demand, summary="Decayed request counts per model revision and cell")
+    doc.route(r, "GET", "/v1/node/state", node_state, summary="Capacity, bytes used, pinned vs cached, per-model completeness",
+              query={"blocks": {"type": "string", "enum": ["0", "1"]}}, schema=_STATE_SCHEMA)
+    doc.route(r, "GET", "/v1/node/demand", node_demand, summary="Decayed request counts per model revision and cell",
+              schema={"type": "object", "required": ["node_id", "demand"]})
     doc.route(r, "PUT", "/v1/node/plan", put_plan, operator=True,
               summary="Apply a placement plan: the blocks this node must hold",
               body={"application/json": {"schema": {"type": "object", "required": ["blocks"], "properties": {
-                  "plan_id": {"type": "string"}, "blocks": {"type": "array"}}}}})
-    doc.route(r, "GET", "/v1/node/plan", get_plan, summary="The plan being applied and its progress")
+                  "plan_id": {"type": "string"}, "blocks": {"type": "array"}}}}},
+              responses={202: "accepted: the plan's blocks are pinned and missing ones are being fetched"},
+              schema=_PLAN_SCHEMA)
+    doc.route(r, "GET", "/v1/node/plan", get_plan, summary="The plan being applied and its progress",
+              schema=_PLAN_SCHEMA)
 
 
 async def node_state(request: web.Request) -> web.Response:
@@ -72,6 +90,15 @@ async def put_plan(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > MAX_PLAN_BYTES:
         raise BadInput(f"plan is over {MAX_PLAN_BYTES} bytes")
     raw = await request.content.read(MAX_PLAN_BYTES + 1)
+    plan_id, refs = parse_plan(raw)
+    status = await app[cache_key].apply_plan(plan_id, refs)
+    return web.json_response(status.to_json(), status=202)
+
+
+def parse_plan(raw: bytes) -> tuple[str, list[BlockRef]]:
+    """The plan id and blocks of a plan body; raises `BadInput` (never anything else)."""
+    if len(raw) > MAX_PLAN_BYTES:
+        raise BadInput(f"plan is over {MAX_PLAN_BYTES} bytes")
     try:
         doc = json.loads(raw)
         entries = doc["blocks"]
@@ -82,12 +109,12 @@ async def put_plan(request: web.Request) -> web.Response:
             if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
                 raise BadInput(f"block size must be a positive integer, got {size!r}")
             refs.append(BlockRef(validate_block_id(block_id), validate_blake3(blake3), size))
-    except (ValueError, KeyError, TypeError) as e:
+    # RecursionError: json.loads of deeply nested arrays (issue #9 fuzzing).
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         if isinstance(e, BadInput):
             raise
         raise BadInput(f"a plan is {{'plan_id': str, 'blocks': [[block_id, blake3, size], ...]}}: {e}") from None
-    status = await app[cache_key].apply_plan(plan_id, refs)
-    return web.json_response(status.to_json(), status=202)
+    return plan_id, refs
 
 
 async def get_plan(request: web.Request) -> web.Response:
