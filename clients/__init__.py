@@ -1,3 +1,17 @@
 """Device client: pull, verify, assemble and merge models; the on-demand loader; the RAG client."""
 
-__all__: tuple[str, ...] = ()
+from clients.config import PullSettings
+from clients.loader import RemoteModel, open_model, open_model_async
+from clients.pull import PullReport, pull, pull_sync
+from clients.sources import SourceReport
+
+__all__ = (
+    "PullReport",
+    "PullSettings",
+    "RemoteModel",
+    "SourceReport",
+    "open_model",
+    "open_model_async",
+    "pull",
+    "pull_sync",
+)

@@ -12,7 +12,7 @@ from cachenet.errors import BadInput
 from cachenet.httpclient import DEFAULT_TIMEOUT, raise_for_status
 from cachenet.knowledge import DEFAULT_K, HitInfo, collection_model_name, load_embedder
 
-__all__ = ("DEFAULT_RAG_SOURCE", "AnswerInfo", "KnowledgeClient", "query_sync")
+__all__ = ("AnswerInfo", "DEFAULT_RAG_SOURCE", "KnowledgeClient", "query_sync")
 
 DEFAULT_RAG_SOURCE: Final = "http://127.0.0.1:8700"
 

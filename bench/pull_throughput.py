@@ -1,0 +1,464 @@
+"""Device pulls of a 1 GiB model: cold vs curl from nginx, warm LoRA switch, multi-source.
+
+Everything runs in one run on loopback, each server its own process: an origin, edge
+nodes that already hold the model's blocks (so the client path is measured, not the
+edge's misses), and nginx (sendfile) serving the original file. The client is the real
+CLI (`python -m cachenet pull --json`), timed end to end (process start included) and
+by its own report (`elapsed_s`, from manifest to renamed files). Rounds are interleaved.
+
+1. cold: empty local store, one edge node → files written, verified (BLAKE3 per block,
+   SHA-256 per file), fsynced; versus `curl -o` of the same file from nginx.
+2. warm switch: the base is in the local store; pulling a second LoRA variant fetches only
+   its adapter (bytes and time as fractions of the cold pull; with and without writing
+   the 1 GiB of base files again).
+3. multi-source: three edge nodes each capped by `--egress-rate` versus one such node.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from bench.machine import write_result
+from bench.publish_throughput import make_model
+
+__all__ = ("main",)
+
+MIB: Final = 1024 * 1024
+TOKEN: Final = "bench-token"
+NGINX_CONF: Final = """\
+daemon off;
+worker_processes 2;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush on;
+    access_log off;
+    client_body_temp_path {tmp}/client_body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location /files/ {{ alias {files}/; }}
+    }}
+}}
+"""
+
+
+def main() -> None:
+    """Run the benchmark and write bench/results/pull_throughput.json."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size-mib", type=int, default=1024, help="model size (default 1024 MiB)")
+    parser.add_argument("--tensors", type=int, default=300, help="tensors (default 300)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument(
+        "--egress-rate", default="150MB", help="per-node cap for multi-source (default 150MB/s)"
+    )
+    args = parser.parse_args()
+    if shutil.which("nginx") is None or shutil.which("curl") is None:
+        sys.exit("nginx and curl are needed: apt-get install -y nginx curl")
+    with tempfile.TemporaryDirectory(prefix="cachenet-pullbench-") as tmp_name:
+        tmp = Path(tmp_name)
+        tmp.chmod(0o755)
+        procs: dict[str, subprocess.Popen[bytes]] = {}
+        try:
+            result = _run(tmp, args, procs)
+        finally:
+            _stop(procs)
+    path = write_result("pull_throughput", result)
+    print(json.dumps(result["summary"], indent=2))
+    print(f"wrote {path}")
+
+
+def _run(
+    tmp: Path, args: argparse.Namespace, procs: dict[str, "subprocess.Popen[bytes]"]
+) -> dict[str, Any]:
+    model_dir = tmp / "model"
+    model_dir.mkdir()
+    model = make_model(
+        model_dir / "model.safetensors", total_bytes=args.size_mib * MIB, tensors=args.tensors
+    )
+    (model_dir / "config.json").write_text('{"model_type": "bench"}')
+    size = model.stat().st_size
+    adapters = [_make_adapter(tmp / f"lora{i}", seed=i) for i in (1, 2)]
+
+    origin_port = _free_port()
+    origin = f"http://127.0.0.1:{origin_port}"
+    procs["origin"] = _cachenet(
+        tmp,
+        "origin",
+        [
+            "origin",
+            "serve",
+            "--data",
+            str(tmp / "origin"),
+            "--port",
+            str(origin_port),
+            "--token",
+            TOKEN,
+        ],
+    )
+    _wait_ready(origin)
+    _cli(
+        [
+            "publish",
+            str(model_dir),
+            "--name",
+            "bench/model",
+            "--origin",
+            origin,
+            "--token",
+            TOKEN,
+            "--no-progress",
+        ]
+    )
+    for i, adapter in enumerate(adapters, 1):
+        _cli(
+            [
+                "publish",
+                str(adapter),
+                "--name",
+                f"bench/lora-{i}",
+                "--base",
+                "bench/model",
+                "--origin",
+                origin,
+                "--token",
+                TOKEN,
+                "--no-progress",
+            ]
+        )
+
+    # One warm edge node: pull everything through it once, then copy its data for the others.
+    edge_data = tmp / "edge-1"
+    edge_port = _free_port()
+    procs["edge-warmup"] = _cachenet(
+        tmp, "edge-warmup", _edge_args(edge_data, origin, edge_port, None)
+    )
+    _wait_ready(f"http://127.0.0.1:{edge_port}")
+    for name in ("bench/lora-1", "bench/lora-2"):
+        _pull(name, [f"http://127.0.0.1:{edge_port}"], tmp / "warmup-store", None, blocks_only=True)
+    _stop({"edge-warmup": procs.pop("edge-warmup")})
+    shutil.rmtree(tmp / "warmup-store")
+    for i in (2, 3):
+        shutil.copytree(edge_data, tmp / f"edge-{i}", ignore=shutil.ignore_patterns(".lock"))
+
+    nginx_port = _free_port()
+    files = tmp / "nginx-files"
+    files.mkdir()
+    (files / "model.safetensors").hardlink_to(model)
+    for path in (files, model):  # nginx workers may run as another user
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    procs["nginx"] = _start_nginx(tmp, nginx_port, files)
+    _wait_ready(f"http://127.0.0.1:{nginx_port}/files/model.safetensors")
+
+    fast_port = _free_port()
+    procs["edge-fast"] = _cachenet(tmp, "edge-fast", _edge_args(edge_data, origin, fast_port, None))
+    fast = f"http://127.0.0.1:{fast_port}"
+    _wait_ready(fast)
+
+    rounds: list[dict[str, Any]] = []
+    for r in range(args.rounds):
+        one: dict[str, Any] = {}
+        order = ["curl", "pull"] if r % 2 == 0 else ["pull", "curl"]
+        for what in order:
+            _drop_outputs(tmp)
+            if what == "curl":
+                start = time.perf_counter()
+                subprocess.run(
+                    [
+                        "curl",
+                        "-sf",
+                        "-o",
+                        str(tmp / "out-curl.safetensors"),
+                        f"http://127.0.0.1:{nginx_port}/files/model.safetensors",
+                    ],
+                    check=True,
+                )
+                one["curl_s"] = time.perf_counter() - start
+            else:
+                cold = _pull("bench/model", [fast], tmp / "store", tmp / "out")
+                _check_identical(tmp / "out" / "model.safetensors", model)
+                one["pull_cli_s"], one["pull_report_s"] = cold["wall_s"], cold["elapsed_s"]
+                one["cold_fetched_bytes"] = cold["fetched_bytes"]
+                nofsync = _pull(
+                    "bench/model",
+                    [fast],
+                    tmp / "store-nofsync",
+                    tmp / "out-nofsync",
+                    extra=["--no-fsync"],
+                )
+                one["pull_nofsync_cli_s"], one["pull_nofsync_report_s"] = (
+                    nofsync["wall_s"],
+                    nofsync["elapsed_s"],
+                )
+                # warm switch: the base is in ./store now; lora-1 then lora-2 fetch adapters only
+                _pull("bench/lora-1", [fast], tmp / "store", None, blocks_only=True)
+                switch = _pull("bench/lora-2", [fast], tmp / "store", tmp / "out-lora2")
+                one["switch_fetched_bytes"] = switch["fetched_bytes"]
+                one["switch_reused_bytes"] = switch["reused_bytes"]
+                one["switch_cli_s"], one["switch_report_s"] = switch["wall_s"], switch["elapsed_s"]
+                shutil.rmtree(tmp / "store")
+                _pull("bench/model", [fast], tmp / "store", None, blocks_only=True)
+                only = _pull("bench/lora-2", [fast], tmp / "store", None, blocks_only=True)
+                one["switch_blocks_only_report_s"] = only["elapsed_s"]
+                cold_blocks = _pull(
+                    "bench/model", [fast], tmp / "store-cold-blocks", None, blocks_only=True
+                )
+                one["cold_blocks_only_report_s"] = cold_blocks["elapsed_s"]
+        rounds.append(one)
+        print(
+            f"round {r + 1}: {json.dumps({k: round(v, 3) for k, v in one.items()})}",
+            file=sys.stderr,
+        )
+    _stop({"edge-fast": procs.pop("edge-fast")})
+
+    # Multi-source: the same rate cap on each node; one node vs three.
+    urls = []
+    for i in (1, 2, 3):
+        port = _free_port()
+        procs[f"edge-{i}"] = _cachenet(
+            tmp, f"edge-{i}", _edge_args(tmp / f"edge-{i}", origin, port, args.egress_rate)
+        )
+        urls.append(f"http://127.0.0.1:{port}")
+    for url in urls:
+        _wait_ready(url)
+    multi_rounds = []
+    for r in range(args.rounds):
+        one = {}
+        for label, sources in (
+            (("one", urls[:1]), ("three", urls))
+            if r % 2 == 0
+            else (("three", urls), ("one", urls[:1]))
+        ):
+            _drop_outputs(tmp)
+            rep = _pull(
+                "bench/model", sources, tmp / "store-multi", tmp / "out-multi", extra=["--no-fsync"]
+            )
+            _check_identical(tmp / "out-multi" / "model.safetensors", model)
+            one[f"{label}_report_s"] = rep["elapsed_s"]
+            one[f"{label}_source_bytes"] = [s["bytes"] for s in rep["sources"]]
+        multi_rounds.append(one)
+        print(f"multi round {r + 1}: {json.dumps(one)}", file=sys.stderr)
+
+    med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+    mmed = {
+        k: statistics.median(r[k] for r in multi_rounds) for k in ("one_report_s", "three_report_s")
+    }
+    summary = {
+        "model_bytes": size,
+        "cold_pull_cli_over_curl": round(med["pull_cli_s"] / med["curl_s"], 3),
+        "cold_pull_report_over_curl": round(med["pull_report_s"] / med["curl_s"], 3),
+        "cold_pull_nofsync_report_over_curl": round(
+            med["pull_nofsync_report_s"] / med["curl_s"], 3
+        ),
+        "cold_pull_GBps_report": round(size / med["pull_report_s"] / 1e9, 3),
+        "curl_GBps": round(size / med["curl_s"] / 1e9, 3),
+        "warm_switch_bytes_fraction": round(
+            med["switch_fetched_bytes"] / med["cold_fetched_bytes"], 5
+        ),
+        "warm_switch_time_fraction_with_files": round(
+            med["switch_report_s"] / med["pull_report_s"], 3
+        ),
+        "warm_switch_time_fraction_blocks_only": round(
+            med["switch_blocks_only_report_s"] / med["cold_blocks_only_report_s"], 3
+        ),
+        "multi_source_three_over_one_time": round(mmed["three_report_s"] / mmed["one_report_s"], 3),
+        "multi_source_speedup": round(mmed["one_report_s"] / mmed["three_report_s"], 3),
+        "egress_rate_per_node": args.egress_rate,
+    }
+    return {
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
+        "summary": summary,
+        "medians_s": {k: round(v, 4) for k, v in med.items()},
+        "multi_medians_s": {k: round(v, 4) for k, v in mmed.items()},
+        "rounds": rounds,
+        "multi_rounds": multi_rounds,
+        "setup": {
+            "model": f"{args.tensors} float32 tensors, {size} bytes (bench.publish_throughput.make_model)",
+            "adapters": "two PEFT-style adapters of ~4.7 MB published with --base bench/model",
+            "client": "python -m cachenet pull --json (default settings: 8 blocks in flight, 4 per source, "
+            "BLAKE3 per block, SHA-256 per file, fsync unless --no-fsync)",
+            "curl": "curl -o from nginx (sendfile, 2 workers), no fsync",
+            "edges": "hold every block before the timed pulls (warmed once, data folders copied)",
+            "order": "interleaved; curl first in even rounds",
+        },
+        "notes": [
+            "pull_cli_s includes the CLI's start-up (imports of every package's subcommands, ~1-2 s); "
+            "pull_report_s is the pull's own time from manifest request to renamed files.",
+            "The pull writes every byte twice (verified block store + assembled file) and hashes it "
+            "with BLAKE3 and SHA-256; curl writes once and verifies nothing.",
+            "warm switch with files rewrites and re-hashes the 1 GiB of base files into a new folder; "
+            "blocks-only is the fetch alone.",
+        ],
+    }
+
+
+def _make_adapter(folder: Path, *, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for i in range(24):
+        tensors[f"base_model.model.layer.{i}.lora_A.weight"] = rng.standard_normal(
+            (16, 1536), dtype=np.float32
+        )
+        tensors[f"base_model.model.layer.{i}.lora_B.weight"] = rng.standard_normal(
+            (1536, 16), dtype=np.float32
+        )
+    folder.mkdir(parents=True)
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    config = {
+        "peft_type": "LORA",
+        "r": 16,
+        "lora_alpha": 32,
+        "target_modules": ["layer"],
+        "base_model_name_or_path": "bench/model",
+    }
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def _pull(
+    name: str,
+    sources: list[str],
+    store: Path,
+    out: Path | None,
+    *,
+    blocks_only: bool = False,
+    extra: list[str] | None = None,
+) -> dict[str, Any]:
+    argv = ["pull", name, "--store", str(store), "--json", *(extra or [])]
+    for s in sources:
+        argv += ["--source", s]
+    argv += ["--blocks-only"] if blocks_only or out is None else ["--out", str(out)]
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "cachenet", *argv], check=True, capture_output=True
+    )
+    report: dict[str, Any] = json.loads(proc.stdout)
+    report["wall_s"] = time.perf_counter() - start
+    return report
+
+
+def _cli(argv: list[str]) -> None:
+    subprocess.run([sys.executable, "-m", "cachenet", *argv], check=True, stdout=subprocess.DEVNULL)
+
+
+def _cachenet(tmp: Path, name: str, argv: list[str]) -> "subprocess.Popen[bytes]":
+    log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115 - the child holds it
+    return subprocess.Popen(
+        [sys.executable, "-m", "cachenet", *argv], stdout=log, stderr=subprocess.STDOUT
+    )
+
+
+def _edge_args(data: Path, origin: str, port: int, rate: str | None) -> list[str]:
+    argv = [
+        "edge",
+        "serve",
+        "--node-id",
+        data.name,
+        "--data",
+        str(data),
+        "--capacity",
+        "8GiB",
+        "--origin",
+        origin,
+        "--port",
+        str(port),
+        "--token",
+        TOKEN,
+    ]
+    return argv + (["--egress-rate", rate] if rate else [])
+
+
+def _start_nginx(tmp: Path, port: int, files: Path) -> "subprocess.Popen[bytes]":
+    conf = tmp / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, files=files))
+    log = open(tmp / "nginx.log", "wb")  # noqa: SIM115 - the child holds it
+    return subprocess.Popen(
+        ["nginx", "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "nginx-error.log")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _wait_ready(url: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    probe = url if "/files/" in url else url + "/healthz"
+    error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            req = urllib.request.Request(probe, method="HEAD" if "/files/" in url else "GET")
+            with urllib.request.urlopen(req, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError as e:
+            error = e
+            time.sleep(0.2)
+    sys.exit(f"{url} not ready after {timeout_s} s: {error}")
+
+
+def _check_identical(got: Path, want: Path) -> None:
+    if (
+        got.stat().st_size != want.stat().st_size
+        or subprocess.run(["cmp", "-s", str(got), str(want)]).returncode
+    ):
+        sys.exit(f"{got} differs from {want}")
+
+
+def _drop_outputs(tmp: Path) -> None:
+    for name in (
+        "out",
+        "out-nofsync",
+        "out-lora2",
+        "out-multi",
+        "store",
+        "store-nofsync",
+        "store-multi",
+        "store-cold-blocks",
+        "out-curl.safetensors",
+    ):
+        path = tmp / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _stop(procs: dict[str, "subprocess.Popen[bytes]"]) -> None:
+    for name, proc in procs.items():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGQUIT if name == "nginx" else signal.SIGTERM)
+    for proc in procs.values():
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""`cachenet pull NAME[@REV]`: the device client on the command line."""
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Final
+
+from clients.config import DEFAULT_SOURCE, PullSettings
+
+__all__ = ("register",)
+
+SOURCES_ENV: Final = "CACHENET_SOURCES"
+_DEFAULTS: Final = PullSettings()
+
+
+def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Add `pull` to the `cachenet` parser."""
+    p = sub.add_parser(
+        "pull",
+        help="pull a model onto this device (verified blocks, local block store, several sources)",
+        description="Fetch the blocks of NAME[@REV] the local block store lacks from one or more "
+        "origin/edge servers in parallel, verify each, and write the model's files atomically.",
+    )
+    p.add_argument(
+        "model", metavar="NAME[@REV]", help="model name, optionally @tag or @commit (default main)"
+    )
+    p.add_argument(
+        "--out", type=Path, help="folder to write the files to (default: ./<model name>)"
+    )
+    p.add_argument(
+        "--source",
+        dest="sources",
+        action="append",
+        help=f"origin or edge node URL, repeatable (default ${SOURCES_ENV}, "
+        f"comma-separated, else {DEFAULT_SOURCE})",
+    )
+    p.add_argument(
+        "--merge-lora",
+        action="store_true",
+        help="for a LoRA model: write the base with the adapter merged into its weights",
+    )
+    p.add_argument(
+        "--store",
+        type=Path,
+        help="local block store (default $CACHENET_HOME, else ~/.cache/cachenet)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=_DEFAULTS.concurrency,
+        help=f"blocks in flight at once (default {_DEFAULTS.concurrency})",
+    )
+    p.add_argument(
+        "--per-source",
+        type=int,
+        default=_DEFAULTS.per_source_connections,
+        help=f"connections per source (default {_DEFAULTS.per_source_connections})",
+    )
+    p.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=_DEFAULTS.stall_timeout_s,
+        help=f"seconds without bytes before a transfer moves to another source "
+        f"(default {_DEFAULTS.stall_timeout_s:g})",
+    )
+    p.add_argument(
+        "--blocks-only",
+        dest="write",
+        action="store_false",
+        help="only fetch the blocks into the local store; write no files",
+    )
+    p.add_argument("--no-fsync", dest="fsync", action="store_false", help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_pull)
+
+
+def _pull(args: argparse.Namespace) -> int:
+    from clients.pull import pull
+
+    sources = (
+        args.sources
+        or [u for u in os.environ.get(SOURCES_ENV, "").split(",") if u.strip()]
+        or [DEFAULT_SOURCE]
+    )
+    settings = PullSettings(
+        concurrency=args.concurrency,
+        per_source_connections=args.per_source,
+        stall_timeout_s=args.stall_timeout,
+        fsync=args.fsync,
+    )
+    out = None
+    if args.write:
+        out = (
+            args.out
+            if args.out is not None
+            else Path(args.model.partition("@")[0].rsplit("/", 1)[-1])
+        )
+    report = asyncio.run(
+        pull(
+            args.model,
+            sources=[s.strip() for s in sources],
+            out_dir=out,
+            store=args.store,
+            merge_lora=args.merge_lora,
+            settings=settings,
+            progress=False if args.no_progress or args.json else None,
+            env=os.environ,
+        )
+    )
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(report.summary())
+    sys.stdout.flush()
+    return 0
