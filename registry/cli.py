@@ -15,7 +15,6 @@ from cachenet.httpclient import DEFAULT_TIMEOUT, raise_for_status
 from cachenet.names import parse_model_ref, validate_model_name
 from cachenet.units import format_bytes, parse_size
 from registry.config import DEFAULT_ORIGIN_PORT, OriginSettings
-from registry.publish import HttpTarget, LocalTarget, PublishTarget, publish_path
 
 __all__ = ("register",)
 
@@ -84,6 +83,8 @@ def _origin_serve(args: argparse.Namespace) -> int:
 
 
 def _publish(args: argparse.Namespace) -> int:
+    from registry.publish import HttpTarget, LocalTarget, PublishTarget, publish_path
+
     if bool(args.origin) == bool(args.data):
         raise BadInput("give exactly one of --origin URL (a running origin) or --data DIR (an origin's data folder)")
     if not args.path.exists():
@@ -160,6 +161,8 @@ def _models_show(args: argparse.Namespace) -> int:
 
 
 async def _fetch_models(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from registry.publish import LocalTarget
+
     if args.data:
         from registry.origin import list_models_json
 
@@ -176,6 +179,8 @@ async def _fetch_models(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 async def _fetch_model_detail(args: argparse.Namespace, name: str, revision: str) -> dict[str, Any]:
+    from registry.publish import LocalTarget
+
     validate_model_name(name)
     if args.data:
         target = LocalTarget(load_settings(OriginSettings, None, os.environ, {"data_dir": args.data}))

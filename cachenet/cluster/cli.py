@@ -9,7 +9,6 @@ import sys
 import threading
 from pathlib import Path
 
-from cachenet.cluster.demo import run_demo
 from cachenet.cluster.launcher import Cluster
 from cachenet.units import format_bytes
 from placement.topology import load_topology
@@ -71,6 +70,8 @@ def _up(args: argparse.Namespace) -> int:
         print(f"controller  {controller_url}", flush=True)
         print(f"operator token in {token_file}", flush=True)
         if args.demo:
+            from cachenet.cluster.demo import run_demo
+
             summary = asyncio.run(run_demo(origin_url=origin_url, controller_url=controller_url,
                                            edge_url=next(iter(edges.values())), token=token,
                                            work_dir=data / "demo"))

@@ -64,3 +64,10 @@ def test_cli_runs_as_a_module(tmp_path: Path) -> None:
         timeout=60,
     )
     assert "hit ratio" in solved.stdout
+
+
+def test_the_cli_knows_every_solver_without_importing_them() -> None:
+    from placement.cli import SOLVER_NAMES
+    from placement.solve import SOLVERS
+
+    assert SOLVER_NAMES == tuple(sorted(SOLVERS))
