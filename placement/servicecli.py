@@ -11,6 +11,7 @@ import aiohttp
 
 from cachenet.config import load_settings
 from cachenet.httpclient import DEFAULT_TIMEOUT, auth_headers, raise_for_status
+from cachenet.serve import add_tls_arguments, run_app, tls_context
 from cachenet.units import format_bytes
 from placement.config import DEFAULT_CONTROLLER_PORT, ControllerSettings
 
@@ -34,6 +35,7 @@ def add_controller_command(sub: Any) -> None:
     serve.add_argument("--solver", help="solver for periodic runs (default trimcaching-gen)")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help=f"port (default {DEFAULT_CONTROLLER_PORT})")
+    add_tls_arguments(serve)
     serve.set_defaults(func=_serve)
 
 
@@ -52,14 +54,14 @@ def add_service_commands(commands: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from cachenet.serve import run_app
     from placement.service import create_app
 
     keys = ("topology", "origin_url", "data_dir", "token", "interval_s", "solver", "host", "port")
     overrides: dict[str, Any] = {k: getattr(args, k) for k in keys}
     overrides["nodes"] = tuple(args.nodes) if args.nodes else None
     settings = load_settings(ControllerSettings, args.config, os.environ, overrides)
-    return run_app(create_app(settings), host=settings.host, port=settings.port, name="controller")
+    return run_app(create_app(settings), host=settings.host, port=settings.port, name="controller",
+                   ssl_context=tls_context(args))
 
 
 def _recompute(args: argparse.Namespace) -> int:

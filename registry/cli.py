@@ -13,6 +13,7 @@ from cachenet.config import load_settings
 from cachenet.errors import BadInput
 from cachenet.httpclient import DEFAULT_TIMEOUT, raise_for_status
 from cachenet.names import parse_model_ref, validate_model_name
+from cachenet.serve import add_tls_arguments, run_app, tls_context
 from cachenet.units import format_bytes, parse_size
 from registry.config import DEFAULT_ORIGIN_PORT, OriginSettings
 
@@ -41,6 +42,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     mirror.add_argument("--max-file-size", type=parse_size, help="largest file mirrored, e.g. 20GB")
     mirror.add_argument("--require-commit", action="store_true", default=None,
                         help="serve only revisions pinned by a 40-digit commit")
+    add_tls_arguments(serve)
     serve.set_defaults(func=_origin_serve)
 
     pub = sub.add_parser("publish", help="cut a model folder into blocks and publish it")
@@ -70,7 +72,6 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
 
 
 def _origin_serve(args: argparse.Namespace) -> int:
-    from cachenet.serve import run_app
     from registry.app import create_app
 
     keys = ("data_dir", "db_url", "host", "port", "token", "max_block_size", "upstream_url",
@@ -79,7 +80,8 @@ def _origin_serve(args: argparse.Namespace) -> int:
     overrides["allow"] = tuple(args.allow) if args.allow else None
     overrides["deny"] = tuple(args.deny) if args.deny else None
     settings = load_settings(OriginSettings, args.config, os.environ, overrides)
-    return run_app(create_app(settings), host=settings.host, port=settings.port, name="origin")
+    return run_app(create_app(settings), host=settings.host, port=settings.port, name="origin",
+                   ssl_context=tls_context(args))
 
 
 def _publish(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 from cachenet.config import load_settings
+from cachenet.serve import add_tls_arguments, run_app, tls_context
 from cachenet.edge.config import DEFAULT_EDGE_PORT, POLICY_NAMES, EdgeSettings
 from cachenet.units import parse_rate, parse_size
 
@@ -32,16 +33,17 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     serve.add_argument("--scrub-rate", type=parse_rate, help="bytes/s re-verified in the background (default 50MB)")
     serve.add_argument("--verify-on-read-max", dest="verify_on_read_max_bytes", type=parse_size,
                        help="blocks up to this size are re-hashed on every read (default 1MiB)")
+    add_tls_arguments(serve)
     serve.set_defaults(func=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from cachenet.edge.app import create_app
-    from cachenet.serve import run_app
 
     keys = ("node_id", "data_dir", "capacity_bytes", "origin_url", "controller_url", "policy",
             "egress_rate", "token", "host", "port", "public_url", "scrub_rate", "verify_on_read_max_bytes")
     overrides = {k: getattr(args, k) for k in keys}
     overrides["peers"] = tuple(args.peers) if args.peers else None
     settings = load_settings(EdgeSettings, args.config, os.environ, overrides)
-    return run_app(create_app(settings), host=settings.host, port=settings.port, name=f"edge {settings.node_id}")
+    return run_app(create_app(settings), host=settings.host, port=settings.port, name=f"edge {settings.node_id}",
+                   ssl_context=tls_context(args))
