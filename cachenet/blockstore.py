@@ -109,7 +109,10 @@ class BlockStore:
         """Bytes left under the capacity (None when unbounded), counting reservations."""
         if self.capacity_bytes is None:
             return None
-        return self.capacity_bytes - self._used - self._reserved
+        # Under the lock: `_commit` gives the reservation back before the rename and counts
+        # the block after it, so an unlocked read could see the bytes in neither (too much free).
+        with self._lock:
+            return self.capacity_bytes - self._used - self._reserved
 
     def ids(self) -> list[str]:
         """Ids of every stored block (a snapshot)."""
@@ -165,10 +168,16 @@ class BlockStore:
         try:
             for chunk in self.iter_chunks(block_id):
                 hasher.update(chunk)
-        except (BlockCorrupt, OSError):
+        except (BlockCorrupt, OSError) as e:
+            if isinstance(e, FileNotFoundError) and block_id not in self._sizes:
+                # Deleted (evicted) while being read: gone, not corrupt; quarantining would
+                # count a false corruption, or move aside a fresh copy stored meanwhile.
+                raise _not_found(block_id) from None
             self.quarantine(block_id)
             return False
         got = hasher.digest()
+        if block_id not in self._sizes:
+            raise _not_found(block_id)
         if got.block_id != block_id or got.size != self._sizes.get(block_id):
             self.quarantine(block_id)
             return False

@@ -9,6 +9,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from cachenet.errors import BadInput
+from cachenet.httpbody import read_body
 from cachenet.metrics import metrics_handler
 from cachenet.middlewares import error_middleware, require_token
 from cachenet.openapi import ApiDoc
@@ -79,7 +80,7 @@ async def recompute(request: web.Request) -> web.Response:
     body: Any = {}
     if request.can_read_body:
         try:
-            body = json.loads(await request.content.read(64 * 1024) or b"{}")
+            body = json.loads(await read_body(request, limit=64 * 1024) or b"{}")
         except (ValueError, RecursionError):
             body = None
     if not isinstance(body, dict):  # a JSON number or list used to crash .get() with a 500

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from cachenet.blockstore import BlockStore
 from cachenet.errors import ModelNotFound
+from cachenet.httpbody import read_body
 from cachenet.knowledge import (
     KNOWLEDGE_KIND,
     KNOWLEDGE_PREFIX,
@@ -166,7 +167,7 @@ async def describe_collection(request: web.Request) -> web.Response:
 async def query_collection(request: web.Request) -> web.Response:
     """POST /v1/knowledge/{collection}/query → the top-k chunks."""
     kn = request.app[knowledge_key]
-    query = decode_query_body(await request.content.read(MAX_QUERY_BODY_BYTES + 1))
+    query = decode_query_body(await read_body(request, limit=MAX_QUERY_BODY_BYTES))
     manifest, index = await asyncio.to_thread(
         kn.collection, request.match_info["collection"], query.revision
     )

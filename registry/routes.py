@@ -10,6 +10,7 @@ from cachenet.blockid import validate_blake3, validate_block_id
 from cachenet.deviceapi import MODEL_NAME_PATTERN
 from cachenet.errors import BadInput, BlockCorrupt, ManifestInvalid
 from cachenet.manifest import BlockRef, ModelManifest
+from cachenet.httpbody import read_body
 from cachenet.middlewares import require_token
 from cachenet.names import validate_model_name, validate_revision
 from cachenet.openapi import ApiDoc
@@ -181,11 +182,7 @@ async def list_placement_runs(request: web.Request) -> web.Response:
 
 
 async def _json_body(request: web.Request, *, limit: int) -> Any:
-    if request.content_length is not None and request.content_length > limit:
-        raise BadInput(f"body of {request.content_length} bytes is over the {limit}-byte limit")
-    data = await request.content.read(limit + 1)
-    if len(data) > limit:
-        raise BadInput(f"body is over the {limit}-byte limit")
+    data = await read_body(request, limit=limit)
     try:
         return json.loads(data)
     # ValueError also covers integers over Python's digit limit; RecursionError deep nesting.

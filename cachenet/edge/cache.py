@@ -176,8 +176,11 @@ class EdgeCache:
             return False
         if size > self.settings.verify_on_read_max_bytes:
             return True
-        if await asyncio.to_thread(self.store.verify, block_id):
-            return True
+        try:
+            if await asyncio.to_thread(self.store.verify, block_id):
+                return True
+        except BlockNotFound:
+            return False  # evicted meanwhile: a miss, not a corruption
         self._on_corrupt(block_id, "read")
         return False
 
@@ -198,7 +201,10 @@ class EdgeCache:
                 if not self.store.has(block_id):
                     continue
                 size = self.store.size_of(block_id)
-                intact = await asyncio.to_thread(self.store.verify, block_id)
+                try:
+                    intact = await asyncio.to_thread(self.store.verify, block_id)
+                except BlockNotFound:
+                    continue  # evicted since `ids()`: the scrubber must not die of it
                 self.metrics.scrubbed_bytes.inc(size)
                 if not intact:
                     self._on_corrupt(block_id, "scrub")
@@ -334,8 +340,13 @@ class EdgeCache:
         free = self.store.free_bytes
         if free is not None and free >= size:
             return True
+        # Blocks a worker thread committed whose flight has not yet told the policy (commit and
+        # `policy.insert` are on either side of an await) count too, or too little is evicted.
+        untracked = max(0, self.store.used_bytes - self.policy.used_bytes)
         try:
-            victims = self.policy.victims(self.store.capacity_bytes - (free or 0) - self.store.used_bytes + size)
+            victims = self.policy.victims(
+                self.store.capacity_bytes - (free or 0) - self.store.used_bytes + size + untracked
+            )
         except CapacityExceeded:
             return False
         for block_id in victims:
@@ -384,6 +395,9 @@ class EdgeCache:
                     handle = await self.open_block(ref.block_id, blake3=ref.blake3, for_plan=True)
                     if isinstance(handle, Flight):
                         await handle.wait()
+                    if not self.store.has(ref.block_id):  # served from a spool file, not held
+                        raise CapacityExceeded(f"block {ref.block_id} could not be admitted",
+                                               node_id=self.settings.node_id)
                     plan.fetched += 1
                 except CachenetError as e:
                     plan.failed.append(ref.block_id)

@@ -40,6 +40,7 @@ from cachenet.errors import (
 )
 from cachenet.flight import Flight
 from cachenet.httpclient import raise_for_status
+from cachenet.httpbody import read_body
 from cachenet.knowledge import (
     MAX_QUERY_BODY_BYTES,
     IndexInfo,
@@ -394,7 +395,7 @@ async def _describe(request: web.Request) -> web.Response:
 
 
 async def _query(request: web.Request) -> web.Response:
-    body = await request.content.read(MAX_QUERY_BODY_BYTES + 1)
+    body = await read_body(request, limit=MAX_QUERY_BODY_BYTES)
     answer = await request.app[edge_knowledge_key].answer(
         request.match_info["collection"], body, cell=request.headers.get(CELL_HEADER)
     )

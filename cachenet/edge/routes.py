@@ -8,6 +8,7 @@ from aiohttp import web
 from cachenet.blockid import validate_blake3, validate_block_id
 from cachenet.errors import BadInput
 from cachenet.manifest import BlockRef
+from cachenet.httpbody import read_body
 from cachenet.middlewares import require_token
 from cachenet.openapi import ApiDoc
 from cachenet.edge.keys import cache_key, demand_key, manifests_key, settings_key
@@ -89,7 +90,7 @@ async def put_plan(request: web.Request) -> web.Response:
     require_token(request, app[settings_key].token)
     if request.content_length is not None and request.content_length > MAX_PLAN_BYTES:
         raise BadInput(f"plan is over {MAX_PLAN_BYTES} bytes")
-    raw = await request.content.read(MAX_PLAN_BYTES + 1)
+    raw = await read_body(request, limit=MAX_PLAN_BYTES)
     plan_id, refs = parse_plan(raw)
     status = await app[cache_key].apply_plan(plan_id, refs)
     return web.json_response(status.to_json(), status=202)
