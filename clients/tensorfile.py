@@ -8,8 +8,6 @@ The client reads headers from blocks it fetched and verified, but a published he
 still input: every offset, shape and dtype is checked before it is used to index a file.
 """
 
-import json
-import math
 import struct
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -17,6 +15,7 @@ from typing import Final, Literal
 import numpy as np
 
 from cachenet.errors import BadInput, SafetensorsInvalid
+from cachenet.safetensors import TensorInfo, parse_header
 
 __all__ = (
     "DTYPE_BYTES",
@@ -80,22 +79,6 @@ _NUMPY: Final[dict[str, str]] = {
 
 
 @dataclass(frozen=True, slots=True)
-class TensorInfo:
-    """One tensor of a safetensors file: dtype, shape and byte range [start, end) in the file."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    start: int
-    end: int
-
-    @property
-    def size(self) -> int:
-        """Bytes of the tensor's data."""
-        return self.end - self.start
-
-
-@dataclass(frozen=True, slots=True)
 class TensorFileInfo:
     """A parsed safetensors header: the tensors in file order and the free-form metadata."""
 
@@ -124,33 +107,14 @@ def header_length(prefix: bytes, *, path: str, file_size: int) -> int:
 
 
 def parse_tensor_header(prefix: bytes, *, path: str, file_size: int) -> TensorFileInfo:
-    """Parse the first `8 + N` bytes of a safetensors file; raises `SafetensorsInvalid`."""
-    n = header_length(prefix, path=path, file_size=file_size)
-    if len(prefix) < 8 + n:
-        raise _bad(path, "header was cut short")
-    try:
-        doc = json.loads(prefix[8 : 8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _bad(path, f"header is not JSON ({e})") from None
-    if not isinstance(doc, dict):
-        raise _bad(path, "header is not a JSON object")
-    metadata = doc.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict):
-        raise _bad(path, "__metadata__ must be an object")
-    data_start = 8 + n
-    data_len = file_size - data_start
-    tensors = []
-    for name, info in doc.items():
-        tensors.append(_tensor(path, name, info, data_start, data_len))
-    tensors.sort(key=lambda t: (t.start, t.end))
-    position = data_start
-    for t in tensors:
-        if t.start < position:
-            raise _bad(path, f"tensor {t.name!r} overlaps the tensor before it")
-        position = t.end
-    return TensorFileInfo(
-        path, file_size, data_start, tuple(tensors), {str(k): str(v) for k, v in metadata.items()}
-    )
+    """Parse the first `8 + N` bytes of a safetensors file; raises `SafetensorsInvalid`.
+
+    The checks are the publisher's own (`cachenet.safetensors.parse_header`): a header that
+    reached a device is still input, and it must hold to the same rules.
+    """
+    header_length(prefix, path=path, file_size=file_size)
+    header = parse_header(prefix, file_size=file_size, name=path)
+    return TensorFileInfo(path, file_size, header.data_start, header.tensors, dict(header.metadata))
 
 
 def numpy_dtype(dtype: str) -> np.dtype[np.generic]:
@@ -162,32 +126,6 @@ def numpy_dtype(dtype: str) -> np.dtype[np.generic]:
             dtype=dtype,
         )
     return np.dtype(code)
-
-
-def _tensor(path: str, name: str, info: object, data_start: int, data_len: int) -> TensorInfo:
-    if not isinstance(info, dict):
-        raise _bad(path, f"tensor {name!r} is not an object")
-    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-    if dtype not in DTYPE_BYTES:
-        raise _bad(path, f"tensor {name!r} has unknown dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
-        raise _bad(path, f"tensor {name!r} has an invalid shape {shape!r}")
-    if (
-        not isinstance(offsets, list)
-        or len(offsets) != 2
-        or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
-    ):
-        raise _bad(path, f"tensor {name!r} has invalid data_offsets {offsets!r}")
-    begin, end = offsets
-    if not 0 <= begin <= end <= data_len:
-        raise _bad(path, f"tensor {name!r} data_offsets {offsets} lie outside the data region")
-    if math.prod(shape) * DTYPE_BYTES[dtype] != end - begin:
-        raise _bad(
-            path, f"tensor {name!r}: shape {shape} of {dtype} does not fill {end - begin} bytes"
-        )
-    return TensorInfo(name, dtype, tuple(shape), data_start + begin, data_start + end)
 
 
 def _bad(path: str, why: str) -> SafetensorsInvalid:

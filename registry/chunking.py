@@ -19,7 +19,7 @@ from cachenet.blockid import digest_of
 from cachenet.errors import BadInput
 from cachenet.manifest import BlockRef, FileKind, FileManifest
 from cachenet.names import validate_file_path
-from registry.safetensors import parse_header
+from cachenet.safetensors import parse_header
 
 __all__ = (
     "DEFAULT_MAX_BLOCK_BYTES",

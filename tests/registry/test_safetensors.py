@@ -9,7 +9,7 @@ from safetensors.numpy import save_file
 
 from cachenet.errors import SafetensorsInvalid
 from registry.chunking import chunk_buffer, cut_file, plan_segments
-from registry.safetensors import parse_header
+from cachenet.safetensors import parse_header
 from tests.modelgen import MALFORMED_SAFETENSORS, write_safetensors
 
 

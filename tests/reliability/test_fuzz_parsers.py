@@ -49,7 +49,7 @@ from cachenet.ranges import parse_range
 from placement.errors import TopologyInvalid
 from placement.topology import Topology, parse_topology, topology_to_dict
 from registry.chunking import StreamCutter, chunk_buffer, plan_segments
-from registry.safetensors import DTYPE_BITS, SafetensorsHeader, parse_header
+from cachenet.safetensors import DTYPE_BITS, SafetensorsHeader, parse_header
 
 COUNTS: Final[Counter[str]] = Counter()
 FUZZ = settings(
