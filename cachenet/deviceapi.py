@@ -32,12 +32,12 @@ from cachenet.ranges import parse_range
 
 __all__ = (
     "BLAKE3_HEADER",
-    "CELL_HEADER",
-    "MODEL_NAME_PATTERN",
-    "ONLY_IF_CACHED_HEADER",
     "BlockHandle",
+    "CELL_HEADER",
     "LocalBlock",
+    "MODEL_NAME_PATTERN",
     "ModelSource",
+    "ONLY_IF_CACHED_HEADER",
     "StreamingBlock",
     "StreamingFile",
     "add_device_routes",

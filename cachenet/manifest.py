@@ -37,12 +37,12 @@ from cachenet.errors import FileNotInModel, ManifestInvalid
 from cachenet.names import COMMIT_RE, validate_file_path, validate_model_name
 
 __all__ = (
-    "MANIFEST_FORMAT",
-    "UPSTREAM_COMMIT_KEY",
     "BaseRef",
     "BlockRef",
     "FileManifest",
+    "MANIFEST_FORMAT",
     "ModelManifest",
+    "UPSTREAM_COMMIT_KEY",
     "canonical_json",
 )
 

@@ -6,7 +6,10 @@ from typing import Final
 
 from cachenet.errors import BadInput
 
-__all__ = ("DEFAULT_CONTROLLER_PORT", "ControllerSettings")
+__all__ = (
+    "ControllerSettings",
+    "DEFAULT_CONTROLLER_PORT",
+)
 
 DEFAULT_CONTROLLER_PORT: Final = 8790
 

@@ -32,7 +32,12 @@ from placement.relay import relay_plan
 from placement.solve import solve
 from placement.topology import Topology
 
-__all__ = ("SIMULATION_FRACTIONS", "Controller", "PlacementInputs", "RunSummary")
+__all__ = (
+    "Controller",
+    "PlacementInputs",
+    "RunSummary",
+    "SIMULATION_FRACTIONS",
+)
 log = logging.getLogger(__name__)
 
 SIMULATION_FRACTIONS: Final = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)

@@ -26,7 +26,13 @@ from cachenet.openapi import ApiDoc
 from placement.controller import Controller
 from placement.topology import ServerInfo
 
-__all__ = ("STATIC_DIR", "Dashboard", "add_dashboard_routes", "dashboard_key", "topology_json")
+__all__ = (
+    "Dashboard",
+    "STATIC_DIR",
+    "add_dashboard_routes",
+    "dashboard_key",
+    "topology_json",
+)
 log = logging.getLogger(__name__)
 
 STATIC_DIR: Final = Path(__file__).parent / "static"

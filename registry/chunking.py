@@ -22,8 +22,8 @@ from cachenet.names import validate_file_path
 from cachenet.safetensors import parse_header
 
 __all__ = (
-    "DEFAULT_MAX_BLOCK_BYTES",
     "CutFile",
+    "DEFAULT_MAX_BLOCK_BYTES",
     "StreamCutter",
     "chunk_buffer",
     "cut_file",

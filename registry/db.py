@@ -37,13 +37,13 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = (
-    "SCHEMA_VERSION",
     "Base",
     "BlockRow",
     "ModelRow",
     "PlacementRunRow",
     "RevisionBlockRow",
     "RevisionRow",
+    "SCHEMA_VERSION",
     "SchemaVersionRow",
     "TagRow",
     "migrate",

@@ -48,10 +48,10 @@ from registry.chunking import DEFAULT_MAX_BLOCK_BYTES
 from registry.publish import HttpTarget, LocalTarget, PublishTarget
 
 __all__ = (
+    "CollectionBuild",
     "DEFAULT_CHUNK_WORDS",
     "DEFAULT_OVERLAP_WORDS",
     "DOCUMENT_SUFFIXES",
-    "CollectionBuild",
     "DocumentInfo",
     "IngestReport",
     "assign_shards",

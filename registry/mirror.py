@@ -43,7 +43,13 @@ from registry.catalogue import Catalogue
 from registry.chunking import DEFAULT_MAX_BLOCK_BYTES, StreamCutter
 from registry.intake import store_blocks
 
-__all__ = ("STALE_REF", "STALE_REF_HEADER", "Mirror", "MirrorRules", "UpstreamHub")
+__all__ = (
+    "Mirror",
+    "MirrorRules",
+    "STALE_REF",
+    "STALE_REF_HEADER",
+    "UpstreamHub",
+)
 log = logging.getLogger(__name__)
 
 STALE_REF_HEADER: Final = "X-Cachenet-Stale-Ref"

@@ -7,7 +7,11 @@ from typing import Final
 
 from cachenet.errors import BadInput
 
-__all__ = ("DEFAULT_EDGE_PORT", "POLICY_NAMES", "EdgeSettings")
+__all__ = (
+    "DEFAULT_EDGE_PORT",
+    "EdgeSettings",
+    "POLICY_NAMES",
+)
 
 DEFAULT_EDGE_PORT: Final = 8710
 POLICY_NAMES: Final = ("lru", "lfu", "sharing-lru", "sharing-lfu")
