@@ -21,7 +21,7 @@ from cachenet.middlewares import error_middleware
 from cachenet.openapi import ApiDoc
 from cachenet.pacer import TokenBucket
 
-__all__ = ("create_app",)
+__all__ = ("create_app", "sharing_saved_bytes")
 log = logging.getLogger(__name__)
 
 
@@ -42,6 +42,7 @@ def create_app(settings: EdgeSettings) -> web.Application:
     app[cache_key] = cache
     app[manifests_key] = manifests
     app[demand_key] = demand
+    cache.metrics.sharing_saved_bytes.set_function(lambda: sharing_saved_bytes(cache, manifests))
     pacer = TokenBucket(settings.egress_rate) if settings.egress_rate else None
     doc = ApiDoc(f"cachenet edge node {settings.node_id}")
     app.router.add_get("/healthz", _healthz)
@@ -52,6 +53,20 @@ def create_app(settings: EdgeSettings) -> web.Application:
     add_device_routes(app, EdgeSource(cache, manifests, demand, pacer), doc)
     app.cleanup_ctx.append(_lifecycle)
     return app
+
+
+def sharing_saved_bytes(cache: EdgeCache, manifests: ManifestCache) -> float:
+    """Bytes the held models would take stored whole (a LoRA model with its base), minus bytes held."""
+    held = cache.store.sizes()
+    known = {m.revision: m for m in manifests.known()}
+    whole = 0
+    for m in known.values():
+        blocks = dict(m.unique_blocks())
+        base = known.get(m.base.revision) if m.base is not None else None
+        if base is not None:
+            blocks.update(base.unique_blocks())
+        whole += sum(r.size for b, r in blocks.items() if b in held)
+    return float(max(0, whole - cache.store.used_bytes))
 
 
 async def _healthz(request: web.Request) -> web.Response:

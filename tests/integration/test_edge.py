@@ -238,3 +238,20 @@ async def test_egress_rate_caps_the_sending_rate(
     elapsed = time.perf_counter() - started
     size = (real_model_dir() / "model.safetensors").stat().st_size
     assert elapsed >= 0.8 * size / rate
+
+
+async def test_bytes_saved_by_sharing_are_reported(
+    origin_server: TestServer, edge_factory: Callable[..., Any], tmp_path: Path
+) -> None:
+    await _publish(origin_server, real_model_dir(), REAL_MODEL_NAME)
+    for i in range(2):
+        await _publish(origin_server, make_lora_adapter(tmp_path / f"l{i}", seed=i), f"org/lora-{i}", base=REAL_MODEL_NAME)
+    edge = await edge_factory(origin=origin_server, capacity_bytes=1 << 30)
+    await _pull(edge, REAL_MODEL_NAME)
+    assert metric(edge, "cachenet_edge_sharing_saved_bytes") == 0  # one model: nothing shared yet
+    for i in range(2):
+        await _pull(edge, f"org/lora-{i}")
+    base_bytes = sum(r.size for r in origin_server.app[catalogue_key].manifest(REAL_MODEL_NAME).unique_blocks().values())
+    # each LoRA model stored whole would repeat the base; the adapters share their config and header
+    saved = metric(edge, "cachenet_edge_sharing_saved_bytes")
+    assert 2 * base_bytes <= saved < 2 * base_bytes + 100_000
