@@ -17,7 +17,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from bench.machine import write_result
+from bench.processes import free_port, stop_processes
 from cachenet.blockid import digest_of
 from cachenet.blockstore import BlockStore
 
@@ -145,7 +145,7 @@ def main() -> None:
                 os.chmod(d, 0o755)
         total_bytes = sum(store.sizes().values())
         del store
-        ports = {"nginx": _free_port(), "cachenet": _free_port()}
+        ports = {"nginx": free_port(), "cachenet": free_port()}
         procs: dict[str, subprocess.Popen[bytes]] = {}
         try:
             procs["nginx"] = _start_nginx(tmp, ports["nginx"], flat)
@@ -210,7 +210,7 @@ def main() -> None:
                         flush=True,
                     )
         finally:
-            _stop(procs)
+            stop_processes(procs)
         logs = {name: (tmp / f"{name}.log").read_text(errors="replace") for name in SERVERS}
         error_log = tmp / "nginx-error.log"
         logs["nginx_error_log"] = (
@@ -479,10 +479,6 @@ def _summarise(raw: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, dic
     return summary
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _start_nginx(tmp: Path, port: int, blocks: Path) -> "subprocess.Popen[bytes]":
@@ -511,7 +507,7 @@ def _start_edge(tmp: Path, port: int, *, capacity: int) -> "subprocess.Popen[byt
         "--capacity",
         str(capacity),
         "--origin",
-        f"http://127.0.0.1:{_free_port()}",
+        f"http://127.0.0.1:{free_port()}",
         "--port",
         str(port),
         "--token",
@@ -546,16 +542,6 @@ def _check_body(base: str, block_id: str) -> None:
         sys.exit(f"{base}{block_id} returned {len(body)} bytes that do not hash to the block id")
 
 
-def _stop(procs: dict[str, "subprocess.Popen[bytes]"]) -> None:
-    for name, proc in procs.items():
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGQUIT if name == "nginx" else signal.SIGTERM)
-    for proc in procs.values():
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ served), and through the mirror again (served from its blocks, no upstream reque
 """
 
 import argparse
-import socket
 import statistics
 import subprocess
 import sys
@@ -20,15 +19,12 @@ from pathlib import Path
 from huggingface_hub import snapshot_download
 
 from bench.machine import write_result
+from bench.processes import free_port
 from cachenet.cluster.demomodels import REAL_MODEL_NAME, real_model_dir
 
 __all__ = ("main",)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _start(args: list[str], port: int) -> subprocess.Popen[bytes]:
@@ -63,11 +59,11 @@ def main() -> None:
         work = Path(tmp)
         subprocess.run([sys.executable, "-m", "cachenet", "publish", str(real_model_dir()), "--name", REAL_MODEL_NAME,
                         "--data", str(work / "upstream"), "--no-progress"], check=True, stdout=subprocess.DEVNULL)
-        up_port = _free_port()
+        up_port = free_port()
         upstream = _start(["origin", "serve", "--data", str(work / "upstream")], up_port)
         try:
             for r in range(args.rounds):
-                port = _free_port()
+                port = free_port()
                 mirror = _start(["origin", "serve", "--data", str(work / f"mirror-{r}"),
                                  "--upstream", f"http://127.0.0.1:{up_port}"], port)
                 try:

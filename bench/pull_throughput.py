@@ -18,8 +18,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +31,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from bench.machine import write_result
+from bench.processes import free_port, stop_processes
 from bench.publish_throughput import make_model
 
 __all__ = ("main",)
@@ -82,7 +81,7 @@ def main() -> None:
         try:
             result = _run(tmp, args, procs)
         finally:
-            _stop(procs)
+            stop_processes(procs)
     path = write_result("pull_throughput", result)
     print(json.dumps(result["summary"], indent=2))
     print(f"wrote {path}")
@@ -100,7 +99,7 @@ def _run(
     size = model.stat().st_size
     adapters = [_make_adapter(tmp / f"lora{i}", seed=i) for i in (1, 2)]
 
-    origin_port = _free_port()
+    origin_port = free_port()
     origin = f"http://127.0.0.1:{origin_port}"
     procs["origin"] = _cachenet(
         tmp,
@@ -149,19 +148,19 @@ def _run(
 
     # One warm edge node: pull everything through it once, then copy its data for the others.
     edge_data = tmp / "edge-1"
-    edge_port = _free_port()
+    edge_port = free_port()
     procs["edge-warmup"] = _cachenet(
         tmp, "edge-warmup", _edge_args(edge_data, origin, edge_port, None)
     )
     _wait_ready(f"http://127.0.0.1:{edge_port}")
     for name in ("bench/lora-1", "bench/lora-2"):
         _pull(name, [f"http://127.0.0.1:{edge_port}"], tmp / "warmup-store", None, blocks_only=True)
-    _stop({"edge-warmup": procs.pop("edge-warmup")})
+    stop_processes({"edge-warmup": procs.pop("edge-warmup")})
     shutil.rmtree(tmp / "warmup-store")
     for i in (2, 3):
         shutil.copytree(edge_data, tmp / f"edge-{i}", ignore=shutil.ignore_patterns(".lock"))
 
-    nginx_port = _free_port()
+    nginx_port = free_port()
     files = tmp / "nginx-files"
     files.mkdir()
     (files / "model.safetensors").hardlink_to(model)
@@ -170,7 +169,7 @@ def _run(
     procs["nginx"] = _start_nginx(tmp, nginx_port, files)
     _wait_ready(f"http://127.0.0.1:{nginx_port}/files/model.safetensors")
 
-    fast_port = _free_port()
+    fast_port = free_port()
     procs["edge-fast"] = _cachenet(tmp, "edge-fast", _edge_args(edge_data, origin, fast_port, None))
     fast = f"http://127.0.0.1:{fast_port}"
     _wait_ready(fast)
@@ -229,12 +228,12 @@ def _run(
             f"round {r + 1}: {json.dumps({k: round(v, 3) for k, v in one.items()})}",
             file=sys.stderr,
         )
-    _stop({"edge-fast": procs.pop("edge-fast")})
+    stop_processes({"edge-fast": procs.pop("edge-fast")})
 
     # Multi-source: the same rate cap on each node; one node vs three.
     urls = []
     for i in (1, 2, 3):
-        port = _free_port()
+        port = free_port()
         procs[f"edge-{i}"] = _cachenet(
             tmp, f"edge-{i}", _edge_args(tmp / f"edge-{i}", origin, port, args.egress_rate)
         )
@@ -442,22 +441,8 @@ def _drop_outputs(tmp: Path) -> None:
             path.unlink()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
-def _stop(procs: dict[str, "subprocess.Popen[bytes]"]) -> None:
-    for name, proc in procs.items():
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGQUIT if name == "nginx" else signal.SIGTERM)
-    for proc in procs.values():
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 if __name__ == "__main__":
