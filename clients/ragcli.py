@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cachenet.errors import BadInput
 from cachenet.knowledge import DEFAULT_K
 from clients.knowledge import DEFAULT_RAG_SOURCE, AnswerInfo, KnowledgeClient
 
@@ -85,27 +84,12 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from cachenet.config import load_settings
     from cachenet.units import format_bytes
-    from registry.config import OriginSettings
     from registry.knowledge import DEFAULT_CHUNK_WORDS, DEFAULT_OVERLAP_WORDS, ingest_paths
-    from registry.publish import HttpTarget, LocalTarget, PublishTarget
-
-    if bool(args.origin) == bool(args.data):
-        raise BadInput(
-            "give exactly one of --origin URL (a running origin) "
-            "or --data DIR (an origin's data folder)"
-        )
+    from registry.publish import open_target
 
     async def run() -> dict[str, Any]:
-        target: PublishTarget
-        if args.origin:
-            target = HttpTarget(args.origin, args.token or os.environ.get("CACHENET_TOKEN"))
-        else:
-            settings = load_settings(
-                OriginSettings, None, os.environ, {"data_dir": args.data, "db_url": args.db}
-            )
-            target = LocalTarget(settings)
+        target = open_target(origin=args.origin, token=args.token, data=args.data, db=args.db)
         try:
             report = await ingest_paths(
                 args.paths,

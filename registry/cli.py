@@ -85,21 +85,15 @@ def _origin_serve(args: argparse.Namespace) -> int:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from registry.publish import HttpTarget, LocalTarget, PublishTarget, publish_path
+    from registry.publish import open_target, publish_path
 
-    if bool(args.origin) == bool(args.data):
-        raise BadInput("give exactly one of --origin URL (a running origin) or --data DIR (an origin's data folder)")
     if not args.path.exists():
         raise BadInput(f"{args.path} does not exist")
-    overrides: dict[str, Any] = {"max_block_size": args.max_block_size}
-    settings = load_settings(OriginSettings, None, os.environ, {**overrides, "data_dir": args.data, "db_url": args.db})
+    settings = load_settings(OriginSettings, None, os.environ, {"max_block_size": args.max_block_size})
 
     async def run() -> dict[str, Any]:
-        target: PublishTarget
-        if args.origin:
-            target = HttpTarget(args.origin, args.token or os.environ.get("CACHENET_TOKEN"))
-        else:
-            target = LocalTarget(settings)
+        target = open_target(origin=args.origin, token=args.token, data=args.data, db=args.db,
+                             max_block_size=args.max_block_size)
         try:
             report = await publish_path(
                 args.path,

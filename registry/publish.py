@@ -8,6 +8,7 @@ leaves the store and the catalogue untouched.
 
 import asyncio
 import mmap
+import os
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ import aiohttp
 from tqdm import tqdm
 
 from cachenet.blockstore import BlockStore
+from cachenet.config import load_settings
 from cachenet.errors import BadInput, ModelNotFound
 from cachenet.httpclient import DEFAULT_TIMEOUT, auth_headers, raise_for_status
 from cachenet.manifest import BaseRef, BlockRef, ModelManifest
@@ -29,7 +31,7 @@ from registry.config import OriginSettings
 from registry.intake import check_no_collision, missing_blocks
 from registry.lora import read_lora_config
 
-__all__ = ("HttpTarget", "LocalTarget", "PublishReport", "PublishTarget", "publish_path")
+__all__ = ("HttpTarget", "LocalTarget", "PublishReport", "PublishTarget", "open_target", "publish_path")
 
 UPLOAD_CONCURRENCY: Final = 4
 _UPLOAD_PIECE_BYTES: Final = 1024 * 1024
@@ -178,6 +180,23 @@ class HttpTarget:
     async def close(self) -> None:
         """Close the HTTP session."""
         await self.session.close()
+
+
+def open_target(
+    *, origin: str | None, token: str | None, data: Path | None, db: str | None = None,
+    max_block_size: int | None = None,
+) -> PublishTarget:
+    """The publish target a command line names: a running origin (`--origin`) or its data folder (`--data`).
+
+    Call it inside the event loop (an `HttpTarget` opens its session there). Raises `BadInput`
+    unless exactly one of the two is given.
+    """
+    if bool(origin) == bool(data):
+        raise BadInput("give exactly one of --origin URL (a running origin) or --data DIR (an origin's data folder)")
+    if origin:
+        return HttpTarget(origin, token or os.environ.get("CACHENET_TOKEN"))
+    overrides = {"data_dir": data, "db_url": db, "max_block_size": max_block_size}
+    return LocalTarget(load_settings(OriginSettings, None, os.environ, overrides))
 
 
 async def publish_path(
