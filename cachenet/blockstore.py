@@ -35,7 +35,7 @@ from typing import Final, Self
 from cachenet.blockid import BlockDigest, BlockHasher, digest_of, validate_block_id
 from cachenet.errors import BlockCorrupt, BlockNotFound, CapacityExceeded
 
-__all__ = ("BlockStore", "BlockWriter", "StoreReport")
+__all__ = ("BlockStore", "BlockWriter", "PieceWriter", "StoreReport")
 log = logging.getLogger(__name__)
 
 READ_CHUNK_BYTES: Final = 1024 * 1024
@@ -201,6 +201,11 @@ class BlockStore:
         validate_block_id(block_id)
         return BlockWriter(self, block_id, blake3=blake3, expected_size=expected_size)
 
+    def piece_writer(self, block_id: str, *, blake3: str | None, size: int) -> "PieceWriter":
+        """A writer that takes a block's pieces in any order (multicast) and commits it verified."""
+        validate_block_id(block_id)
+        return PieceWriter(self, block_id, blake3=blake3, size=size)
+
     def delete(self, block_id: str) -> int:
         """Remove a block; returns the bytes freed (0 when it was not stored)."""
         validate_block_id(block_id)
@@ -348,9 +353,7 @@ class BlockWriter:
         if expected_size is not None:
             store.reserve(expected_size)
             self._reserved = expected_size
-        directory = _block_path(store._blocks_dir, block_id).parent
-        directory.mkdir(parents=True, exist_ok=True)
-        self._tmp = directory / f".{block_id}.{uuid.uuid4().hex[:8]}{_TMP_SUFFIX}"
+        self._tmp = _temp_path(store, block_id)
         self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed in commit/abort
         self._done = False
 
@@ -429,6 +432,88 @@ class BlockWriter:
         tb: TracebackType | None,
     ) -> None:
         self.abort()
+
+
+class PieceWriter:
+    """One block written at offsets in any order into a temporary file of its full size.
+
+    `commit` reads the file back once, verifies it against the block id, BLAKE3 and size,
+    and publishes it like `BlockWriter.commit`. Writes may come from another thread than
+    the commit, but not at the same time as it.
+    """
+
+    def __init__(self, store: BlockStore, block_id: str, *, blake3: str | None, size: int) -> None:
+        if size < 0:
+            raise ValueError(f"negative block size {size}")
+        self.store, self.block_id, self.blake3, self.size = store, block_id, blake3, size
+        store.reserve(size)
+        self._reserved = size
+        self._tmp = _temp_path(store, block_id)
+        try:
+            self._fd: int | None = os.open(self._tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            os.ftruncate(self._fd, size)
+        except OSError:
+            self.abort()
+            raise
+
+    def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Write bytes of the block at `offset`."""
+        if self._fd is None:
+            raise ValueError(f"block {self.block_id}: the writer is closed")
+        if offset < 0 or offset + len(data) > self.size:
+            raise BlockCorrupt(f"block {self.block_id}: bytes {offset}-{offset + len(data)} are outside its "
+                               f"{self.size} bytes", block_id=self.block_id)
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.pwrite(self._fd, view, offset)
+                view, offset = view[n:], offset + n
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                self.abort()
+                raise CapacityExceeded(f"disk full while writing block {self.block_id}") from e
+            raise
+
+    def commit(self) -> bool:
+        """Verify and publish the block; True when it was not stored before. Raises `BlockCorrupt`."""
+        if self._fd is None:
+            raise ValueError(f"block {self.block_id}: the writer is closed")
+        try:
+            hasher = BlockHasher()
+            for offset in range(0, self.size, READ_CHUNK_BYTES):
+                hasher.update(os.pread(self._fd, min(READ_CHUNK_BYTES, self.size - offset), offset))
+            hasher.verify(self.block_id, self.blake3)
+            if hasher.size != self.size:
+                raise BlockCorrupt(f"block {self.block_id}: {hasher.size} bytes, expected {self.size}",
+                                   block_id=self.block_id)
+            if self.store.fsync:
+                os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+        except BaseException:
+            self.abort()
+            raise
+        reserved, self._reserved = self._reserved, 0
+        try:
+            return self.store._commit(self._tmp, hasher.digest(), reserved)
+        finally:
+            self._tmp.unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        """Discard the partial block."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._tmp.unlink(missing_ok=True)
+        if self._reserved:
+            self.store.release(self._reserved)
+            self._reserved = 0
+
+
+def _temp_path(store: BlockStore, block_id: str) -> Path:
+    directory = _block_path(store._blocks_dir, block_id).parent
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory / f".{block_id}.{uuid.uuid4().hex[:8]}{_TMP_SUFFIX}"
 
 
 def _block_path(blocks_dir: Path, block_id: str) -> Path:

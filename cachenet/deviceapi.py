@@ -38,6 +38,8 @@ __all__ = (
     "MODEL_NAME_PATTERN",
     "ModelSource",
     "ONLY_IF_CACHED_HEADER",
+    "REPAIR_HEADER",
+    "SentHook",
     "StreamingBlock",
     "StreamingFile",
     "add_device_routes",
@@ -51,6 +53,8 @@ IMMUTABLE: Final = "public, max-age=31536000, immutable"
 CELL_HEADER: Final = "X-Cachenet-Cell"
 ONLY_IF_CACHED_HEADER: Final = "X-Cachenet-Only-If-Cached"
 BLAKE3_HEADER: Final = "X-Block-Blake3"
+# Sent by multicast members fetching the pieces they lost (the session id): counted as repair.
+REPAIR_HEADER: Final = "X-Cachenet-Repair"
 # Files at least this big, and every safetensors file, are presented as Git LFS files,
 # whose Hugging Face ETag is the SHA-256 of the content (clients verify downloads with it).
 LFS_MIN_BYTES: Final = 10 * 1024 * 1024
@@ -167,9 +171,12 @@ def git_oid(f: FileManifest) -> str:
     return f.sha256[:40]
 
 
-def add_device_routes(app: web.Application, source: ModelSource, doc: ApiDoc) -> None:
-    """Register the device API on `app`, serving from `source`."""
-    api = _DeviceApi(source)
+SentHook = Callable[[web.Request, int], None]
+
+
+def add_device_routes(app: web.Application, source: ModelSource, doc: ApiDoc, *, on_sent: SentHook | None = None) -> None:
+    """Register the device API on `app`, serving from `source`; `on_sent` hears of every body sent whole."""
+    api = _DeviceApi(source, on_sent)
     r = app.router
     name = f"{{name:{MODEL_NAME_PATTERN}}}"
     block = f"{{block_id:{_BLOCK_PATTERN}}}"
@@ -204,8 +211,9 @@ def add_device_routes(app: web.Application, source: ModelSource, doc: ApiDoc) ->
 
 
 class _DeviceApi:
-    def __init__(self, source: ModelSource) -> None:
+    def __init__(self, source: ModelSource, on_sent: SentHook | None) -> None:
         self.source = source
+        self.on_sent = on_sent
 
     async def get_block(self, request: web.Request) -> web.StreamResponse:
         block_id = validate_block_id(request.match_info["block_id"])
@@ -377,6 +385,8 @@ class _DeviceApi:
                 request.transport.close()
             raise
         await resp.write_eof()
+        if self.on_sent is not None:
+            self.on_sent(request, end - start)
         return resp
 
 

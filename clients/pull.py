@@ -28,6 +28,7 @@ from clients.assemble import assemble_file
 from clients.config import DEFAULT_SETTINGS, PullSettings
 from clients.fetch import BlockFetcher
 from clients.localstore import open_local_store, read_file_range
+from clients.multicast import MulticastOptions, MulticastStats, fetch_with_multicast
 from clients.merge import ADAPTER_FILES, LoraSpec, MergeOp, apply_merge, plan_merge
 from clients.sources import SourcePool, SourceReport
 from clients.tensorfile import TensorFileInfo, TensorInfo, header_length, parse_tensor_header
@@ -77,6 +78,7 @@ class PullReport:
     merged_tensors: int
     elapsed_s: float
     sources: tuple[SourceReport, ...]
+    multicast: MulticastStats | None = None
 
     @property
     def sources_used(self) -> tuple[str, ...]:
@@ -106,6 +108,7 @@ class PullReport:
             "merged_tensors": self.merged_tensors,
             "elapsed_s": round(self.elapsed_s, 4),
             "sources": [s.to_json() for s in self.sources],
+            "multicast": None if self.multicast is None else self.multicast.to_json(),
         }
 
     def summary(self) -> str:
@@ -121,6 +124,13 @@ class PullReport:
             extra.append(f"{self.retries} retries")
         if self.merged_tensors:
             extra.append(f"{self.merged_tensors} tensors merged")
+        mc = self.multicast
+        if mc is not None and mc.session is not None:
+            extra.append(f"multicast {format_bytes(mc.multicast_bytes)} in session {mc.session}"
+                         f"{' (joined late)' if mc.late else ''}, repaired {format_bytes(mc.repair_bytes)}"
+                         f" (loss {mc.loss:.1%})")
+        elif mc is not None and mc.fallback and mc.fallback != "nothing to fetch":
+            extra.append(f"no multicast: {mc.fallback}")
         target = f" into {self.out_dir}" if self.out_dir is not None else ""
         return (
             f"pulled {self.name}@{self.revision[:12]}{target}: {len(self.files)} files, "
@@ -140,19 +150,22 @@ async def pull(
     store: BlockStore | Path | None = None,
     merge_lora: bool = False,
     settings: PullSettings = DEFAULT_SETTINGS,
+    multicast: MulticastOptions | str = "auto",
     progress: bool | None = None,
     env: Mapping[str, str] | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> PullReport:
     """Pull `NAME[@REV]` from `sources` into the local store; write its files to `out_dir`.
 
-    Without `out_dir` the blocks are only fetched (a prefetch). Raises `ModelNotFound`,
+    Without `out_dir` the blocks are only fetched (a prefetch). `multicast` is a mode
+    (auto, on, off; see `clients.multicast`) or full options. Raises `ModelNotFound`,
     `UpstreamUnavailable` (no source could deliver a block intact), `IntegrityError`,
     `BadInput` (bad name, `merge_lora` on a model without a base, an unmergeable
     adapter), `CapacityExceeded`.
     """
     name, revision = parse_model_ref(ref)
     started = clock()
+    options = MulticastOptions(mode=multicast) if isinstance(multicast, str) else multicast
     pool = SourcePool(sources, settings=settings, clock=clock)
     block_store = _open_store(store, env, settings)
     try:
@@ -164,6 +177,7 @@ async def pull(
             fetcher=BlockFetcher(block_store, pool),
             out_dir=out_dir,
             merge_lora=merge_lora,
+            multicast=options,
             progress=progress,
             started=started,
             clock=clock,
@@ -193,11 +207,12 @@ async def fetch_and_write(
     fetcher: BlockFetcher,
     out_dir: Path | None,
     merge_lora: bool = False,
+    multicast: MulticastOptions | None = None,
     progress: bool | None = None,
     started: float | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> PullReport:
-    """Fetch the blocks of a model's files that `store` lacks, then write the files."""
+    """Fetch the blocks of a model's files that `store` lacks (by multicast where it helps), then write the files."""
     started = clock() if started is None else started
     settings = fetcher.pool.settings
     if merge_lora and base is None:
@@ -225,7 +240,10 @@ async def fetch_and_write(
     ) as bar:
         previous, fetcher.progress = fetcher.progress, bar.update
         try:
-            await fetcher.ensure(missing)
+            mc = await fetch_with_multicast(
+                missing, manifest=manifest, fetcher=fetcher, options=multicast or MulticastOptions(mode="off"),
+                progress=bar.update,
+            )
         finally:
             fetcher.progress = previous
     merged = 0
@@ -243,17 +261,18 @@ async def fetch_and_write(
         files=tuple(p.path for p in plans),
         total_bytes=sum(p.file.size for p in plans),
         needed_bytes=needed_bytes,
-        fetched_bytes=after.fetched_bytes - before.fetched_bytes,
-        fetched_blocks=after.fetched_blocks - before.fetched_blocks,
+        fetched_bytes=after.fetched_bytes - before.fetched_bytes + mc.multicast_bytes + mc.repair_bytes,
+        fetched_blocks=after.fetched_blocks - before.fetched_blocks + mc.multicast_blocks + mc.repaired_blocks,
         reused_bytes=needed_bytes - missing_bytes,
         reused_blocks=len(needed) - len(missing),
-        received_bytes=after.received_bytes - before.received_bytes,
+        received_bytes=after.received_bytes - before.received_bytes + mc.multicast_bytes + mc.repair_bytes,
         wasted_bytes=after.wasted_bytes - before.wasted_bytes,
         refused_blocks=after.refused_blocks - before.refused_blocks,
         retries=after.retries - before.retries,
         merged_tensors=merged,
         elapsed_s=clock() - started,
         sources=fetcher.pool.reports(),
+        multicast=mc,
     )
     log.info("%s", report.summary())
     return report

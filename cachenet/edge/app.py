@@ -2,18 +2,21 @@
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
 
-from cachenet.deviceapi import add_device_routes
+from cachenet.deviceapi import REPAIR_HEADER, add_device_routes
 from cachenet.edge.cache import EdgeCache
 from cachenet.edge.config import EdgeSettings
 from cachenet.edge.demand import DemandStats
 from cachenet.edge.keys import cache_key, demand_key, manifests_key, settings_key
 from cachenet.edge.knowledge import add_knowledge_routes
 from cachenet.edge.manifests import ManifestCache
+from cachenet.edge.metrics import EdgeMetrics
+from cachenet.edge.multicast import MulticastHub
+from cachenet.edge.multicast_routes import add_multicast_routes, hub_key
 from cachenet.edge.routes import add_node_routes
 from cachenet.edge.source import EdgeSource
 from cachenet.metrics import metrics_handler
@@ -50,7 +53,10 @@ def create_app(settings: EdgeSettings) -> web.Application:
     app.router.add_get("/openapi.json", doc.handle)
     add_node_routes(app, doc)
     add_knowledge_routes(app, doc)
-    add_device_routes(app, EdgeSource(cache, manifests, demand, pacer), doc)
+    add_multicast_routes(app, doc)
+    if settings.multicast_group is not None:
+        app[hub_key] = MulticastHub(settings, cache, manifests, cache.metrics, pacer)
+    add_device_routes(app, EdgeSource(cache, manifests, demand, pacer), doc, on_sent=_egress_counter(cache.metrics))
     app.cleanup_ctx.append(_lifecycle)
     return app
 
@@ -69,6 +75,15 @@ def sharing_saved_bytes(cache: EdgeCache, manifests: ManifestCache) -> float:
     return float(max(0, whole - cache.store.used_bytes))
 
 
+def _egress_counter(metrics: EdgeMetrics) -> Callable[[web.Request, int], None]:
+    unicast, repair = metrics.egress_bytes.labels("unicast"), metrics.egress_bytes.labels("repair")
+
+    def count(request: web.Request, nbytes: int) -> None:
+        (repair if REPAIR_HEADER in request.headers else unicast).inc(nbytes)
+
+    return count
+
+
 async def _healthz(request: web.Request) -> web.Response:
     settings = request.app[settings_key]
     store = request.app[cache_key].store
@@ -83,6 +98,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     if settings.controller_url:
         tasks.append(asyncio.create_task(_refresh_lookup(app)))
     yield
+    hub = app.get(hub_key)
+    if hub is not None:
+        await hub.close()
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)

@@ -36,6 +36,41 @@ class EdgeMetrics:
             ["found_by"], registry=r,
         )
         self.scrubbed_bytes = Counter("cachenet_edge_scrubbed_bytes", "Bytes re-verified by the scrubber", registry=r)
+        self.egress_bytes = Counter(
+            "cachenet_edge_egress_bytes", "Block bytes sent, by how (unicast, repair, multicast)", ["kind"], registry=r
+        )
+        self.multicast_sessions = Counter(
+            "cachenet_edge_multicast_sessions", "Multicast sessions by how they ended (done, abandoned, failed)",
+            ["result"], registry=r,
+        )
+        self.multicast_sessions_active = Gauge(
+            "cachenet_edge_multicast_sessions_active", "Multicast sessions planned or sending", registry=r
+        )
+        self.multicast_members = Counter(
+            "cachenet_edge_multicast_members", "Devices that joined a multicast session, by when (batched, late)",
+            ["joined"], registry=r,
+        )
+        self.multicast_members_active = Gauge(
+            "cachenet_edge_multicast_members_active", "Members of the running multicast sessions", registry=r
+        )
+        self.multicast_datagrams = Counter(
+            "cachenet_edge_multicast_datagrams", "Datagrams sent to multicast groups", registry=r
+        )
+        self.multicast_dropped_bytes = Counter(
+            "cachenet_edge_multicast_test_dropped_bytes", "Block bytes the sender dropped on purpose (test hook)",
+            registry=r,
+        )
+        self.multicast_expected_bytes = Counter(
+            "cachenet_edge_multicast_reported_expected_bytes", "Bytes members were to receive by multicast (reported)",
+            registry=r,
+        )
+        self.multicast_missed_bytes = Counter(
+            "cachenet_edge_multicast_reported_missed_bytes", "Bytes members reported lost and repaired", registry=r
+        )
+        self.multicast_loss = Gauge(
+            "cachenet_edge_multicast_loss_ratio", "Share of multicast bytes the members reported lost (all sessions)",
+            registry=r,
+        )
         self.used_bytes = Gauge("cachenet_edge_used_bytes", "Bytes held by the store", registry=r)
         self.capacity_bytes = Gauge("cachenet_edge_capacity_bytes", "Storage capacity", registry=r)
         self.pinned_bytes = Gauge("cachenet_edge_pinned_bytes", "Bytes pinned by the placement plan", registry=r)

@@ -1,0 +1,400 @@
+"""Multicast sessions of an edge node: batching joins, planning, late joiners and leavers.
+
+Devices that want blocks say so with a join. Joins that arrive within the batching
+window are planned together (`cachenet.multicast.plan`): each multicast group of the
+plan becomes a session with its own group address, sent at its slowest member's rate;
+every member learns which of its blocks come by multicast, and fetches the rest by
+unicast. A join that arrives while a session is sending blocks it wants becomes a late
+member of that session: it gets the blocks still to come by multicast and the ones
+already sent by repair. A session whose members all left stops.
+"""
+
+import asyncio
+import logging
+import math
+import secrets
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from cachenet.blockid import validate_block_id
+from cachenet.edge.cache import EdgeCache
+from cachenet.edge.config import EdgeSettings
+from cachenet.edge.manifests import ManifestCache
+from cachenet.edge.metrics import EdgeMetrics
+from cachenet.edge.multicast_sender import Pacer, SessionSender
+from cachenet.errors import BadInput, NotFound
+from cachenet.manifest import BlockRef, ModelManifest
+from cachenet.multicast.plan import DeliveryPlan, GroupPlan, MemberDemand, plan_delivery
+from cachenet.multicast.sockets import group_address, open_sender
+from cachenet.pacer import TokenBucket
+
+__all__ = ("MulticastHub", "Session")
+log = logging.getLogger(__name__)
+
+# Finished sessions stay visible this long, for members polling their state.
+_KEEP_FINISHED_S: Final = 300.0
+MAX_PENDING_MEMBERS: Final = 1024
+
+
+@dataclass(slots=True)
+class Member:
+    """A device in a batch or session."""
+
+    member_id: str
+    demand: MemberDemand
+    refs: dict[str, BlockRef]
+    model: str
+
+
+@dataclass(slots=True)
+class Session:
+    """One multicast group's transmission."""
+
+    session_id: bytes
+    slot: int
+    group: str
+    port: int
+    rate: float
+    piece_bytes: int
+    blocks: list[BlockRef]
+    model: str
+    plan: dict[str, Any]
+    members: dict[str, Member] = field(default_factory=dict)
+    state: str = "waiting"
+    sender: SessionSender | None = None
+    task: "asyncio.Task[None] | None" = None
+    created_at: float = field(default_factory=time.monotonic)
+    ended_at: float | None = None
+    joined: int = 0
+
+    @property
+    def hex(self) -> str:
+        """The session id as hex."""
+        return self.session_id.hex()
+
+    @property
+    def cursor(self) -> int:
+        """Sequence number of the block being sent (len(blocks) once all were sent)."""
+        if self.state in ("done", "abandoned", "failed"):
+            return len(self.blocks)
+        return self.sender.cursor if self.sender is not None else 0
+
+    def to_json(self) -> dict[str, Any]:
+        """What members poll: the state and how far the sender got."""
+        return {
+            "session": self.hex,
+            "state": self.state,
+            "group": self.group,
+            "port": self.port,
+            "rate": self.rate,
+            "piece_bytes": self.piece_bytes,
+            "blocks": len(self.blocks),
+            "bytes": sum(b.size for b in self.blocks),
+            "cursor": self.cursor,
+            "sent_bytes": self.sender.sent_bytes if self.sender is not None else 0,
+            "members": len(self.members),
+            "joined": self.joined,
+        }
+
+
+@dataclass(slots=True)
+class _Batch:
+    members: list[Member] = field(default_factory=list)
+    answers: dict[str, "asyncio.Future[dict[str, Any]]"] = field(default_factory=dict)
+
+
+class MulticastHub:
+    """Every multicast session of one edge node."""
+
+    def __init__(
+        self,
+        settings: EdgeSettings,
+        cache: EdgeCache,
+        manifests: ManifestCache,
+        metrics: EdgeMetrics,
+        egress: TokenBucket | None,
+    ) -> None:
+        assert settings.multicast_group is not None
+        self.settings, self.cache, self.manifests, self.metrics = settings, cache, manifests, metrics
+        self.egress = egress
+        self.sessions: dict[str, Session] = {}
+        self.last_plan: dict[str, Any] | None = None
+        self._batch: _Batch | None = None
+        self._sock: socket.socket | None = None
+        self._closing = False
+        self._expected_bytes = 0
+        self._missed_bytes = 0
+
+    # -- what devices see ----------------------------------------------------------------
+
+    def announcement(self) -> dict[str, Any]:
+        """GET /v1/multicast: where the groups are, and the sessions under way."""
+        s = self.settings
+        self._forget_old()
+        return {
+            "enabled": True,
+            "node_id": s.node_id,
+            "group": s.multicast_group,
+            "groups": s.multicast_groups,
+            "port": s.group_port,
+            "ttl": s.multicast_ttl,
+            "interface": s.group_interface,
+            "piece_bytes": s.piece_bytes,
+            "rate": s.multicast_rate,
+            "window_s": s.multicast_window_s,
+            "sessions": [x.to_json() for x in self.sessions.values()],
+            "last_plan": self.last_plan,
+        }
+
+    def session(self, session_hex: str) -> Session:
+        """A session by id; raises `NotFound`."""
+        found = self.sessions.get(session_hex)
+        if found is None:
+            raise NotFound(f"no multicast session {session_hex[:32]!r} on {self.settings.node_id}")
+        return found
+
+    async def join(self, name: str, revision: str, block_ids: Sequence[str], rate: float | None) -> dict[str, Any]:
+        """Plan a device's blocks: which come by multicast (and from which session), which by unicast."""
+        if self._closing:
+            raise NotFound("the node is shutting down")
+        if rate is not None and (not math.isfinite(rate) or rate <= 0):
+            raise BadInput(f"rate must be a positive number of bytes/s, got {rate!r}")
+        manifest = await self.manifests.get(name, revision)
+        known = await self._blocks_of(manifest)
+        refs: dict[str, BlockRef] = {}
+        for b in block_ids:
+            validate_block_id(b)
+            if b not in known:
+                raise BadInput(f"block {b} is not part of {manifest.name}@{manifest.revision[:12]} or its base")
+            refs[b] = known[b]
+        if not refs:
+            raise BadInput("a join names at least one block")
+        member = Member(secrets.token_hex(8), MemberDemand("", tuple(refs), rate), refs, manifest.name)
+        member.demand = MemberDemand(member.member_id, tuple(refs), rate)
+        running = self._running_session_for(member)
+        if running is not None:
+            return self._join_late(running, member)
+        if self._batch is None:
+            self._batch = _Batch()
+            asyncio.get_running_loop().call_later(self.settings.multicast_window_s, self._close_batch, self._batch)
+        batch = self._batch
+        if len(batch.members) >= MAX_PENDING_MEMBERS:
+            raise BadInput("too many devices are waiting to join; try again")
+        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        batch.members.append(member)
+        batch.answers[member.member_id] = answer
+        try:
+            return await answer
+        except asyncio.CancelledError:
+            if self._batch is batch:
+                batch.members.remove(member)
+                del batch.answers[member.member_id]
+            else:
+                for s in self.sessions.values():
+                    self._drop_member(s, member.member_id)
+            raise
+
+    def leave(self, session_hex: str, member_id: str, *, expected_bytes: int, missed_bytes: int) -> dict[str, Any]:
+        """A member is done (or gives up): it stops counting, and reports what it lost."""
+        session = self.session(session_hex)
+        if member_id not in session.members:
+            raise NotFound(f"{member_id[:32]!r} is not a member of session {session_hex}")
+        if not 0 <= missed_bytes <= expected_bytes <= sum(b.size for b in session.blocks):
+            raise BadInput("0 <= missed_bytes <= expected_bytes <= the session's bytes must hold")
+        self._drop_member(session, member_id)
+        self.metrics.multicast_expected_bytes.inc(expected_bytes)
+        self.metrics.multicast_missed_bytes.inc(missed_bytes)
+        self._expected_bytes += expected_bytes
+        self._missed_bytes += missed_bytes
+        if self._expected_bytes:
+            self.metrics.multicast_loss.set(self._missed_bytes / self._expected_bytes)
+        return session.to_json()
+
+    async def close(self) -> None:
+        """Stop every session (the node is shutting down)."""
+        self._closing = True
+        tasks = [s.task for s in self.sessions.values() if s.task is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    # -- planning ------------------------------------------------------------------------
+
+    async def _blocks_of(self, manifest: ModelManifest) -> dict[str, BlockRef]:
+        blocks = dict(manifest.unique_blocks())
+        if manifest.base is not None:
+            base = await self.manifests.get(manifest.base.name, manifest.base.revision)
+            blocks.update(base.unique_blocks())
+        return blocks
+
+    def _close_batch(self, batch: _Batch) -> None:
+        if self._batch is batch:
+            self._batch = None
+        live = [m for m in batch.members if not batch.answers[m.member_id].done()]
+        if not live:
+            return
+        try:
+            answers = self._plan(live)
+        except Exception as e:  # noqa: BLE001 - every waiting device must get an answer
+            log.exception("planning a multicast batch failed")
+            for m in live:
+                batch.answers[m.member_id].set_exception(e)
+            return
+        for m in live:
+            batch.answers[m.member_id].set_result(answers[m.member_id])
+
+    def _plan(self, members: list[Member]) -> dict[str, dict[str, Any]]:
+        s = self.settings
+        sizes = {b: r.size for m in members for b, r in m.refs.items()}
+        plan = plan_delivery([m.demand for m in members], sizes, egress_rate=s.egress_rate or s.multicast_rate,
+                             multicast_rate=s.multicast_rate)
+        self.last_plan = plan.to_json()
+        log.info("multicast batch of %d: %d groups, estimate %.2f s mean (%.2f s unicast only), %d bytes",
+                 len(members), len(plan.groups), plan.mean_completion_s,
+                 self.last_plan["unicast_only"]["mean_completion_s"], plan.egress_bytes)
+        by_id = {m.member_id: m for m in members}
+        answers: dict[str, dict[str, Any]] = {}
+        for g in plan.groups:
+            session = self._open_session(g, by_id, plan)
+            for mid in g.members:
+                m = by_id[mid]
+                if session is None:
+                    answers[mid] = _unicast_answer(m, plan)
+                    continue
+                session.members[mid] = m
+                session.joined += 1
+                self.metrics.multicast_members.labels("batched").inc()
+                answers[mid] = self._answer(session, m, plan, late=False)
+        for m in members:
+            answers.setdefault(m.member_id, _unicast_answer(m, plan))
+        self._count_members()
+        return answers
+
+    def _open_session(self, g: GroupPlan, by_id: dict[str, Member], plan: DeliveryPlan) -> Session | None:
+        s = self.settings
+        assert s.multicast_group is not None
+        used = {x.slot for x in self.sessions.values() if x.state in ("waiting", "sending")}
+        free = [i for i in range(s.multicast_groups) if i not in used]
+        if not free:
+            log.warning("all %d multicast groups are busy: %d devices get their blocks by unicast",
+                        s.multicast_groups, len(g.members))
+            return None
+        refs = {b: r for mid in g.members for b, r in by_id[mid].refs.items()}
+        session = Session(
+            session_id=secrets.token_bytes(8),
+            slot=free[0],
+            group=group_address(s.multicast_group, free[0]),
+            port=s.group_port,
+            rate=g.rate,
+            piece_bytes=s.piece_bytes,
+            blocks=[refs[b] for b in g.blocks],
+            model=by_id[g.members[0]].model,
+            plan=plan.to_json(),
+        )
+        self.sessions[session.hex] = session
+        session.task = asyncio.get_running_loop().create_task(self._send(session), name=f"multicast {session.hex}")
+        self.metrics.multicast_sessions_active.inc()
+        return session
+
+    def _answer(self, session: Session, m: Member, plan: DeliveryPlan | None, *, late: bool) -> dict[str, Any]:
+        cursor = session.cursor if late else 0
+        order = {r.block_id: i for i, r in enumerate(session.blocks)}
+        multicast = [b for b in order if b in m.refs and order[b] >= cursor]
+        repair = [b for b in order if b in m.refs and order[b] < cursor]
+        in_session = set(multicast) | set(repair)
+        return {
+            "member": m.member_id,
+            "session": session.to_json(),
+            "multicast": multicast,
+            "multicast_seq": [order[b] for b in multicast],
+            "repair": repair,
+            "unicast": [b for b in m.refs if b not in in_session],
+            "late": late,
+            "plan": plan.to_json() if plan is not None else session.plan,
+        }
+
+    def _running_session_for(self, member: Member) -> Session | None:
+        """The session to join late: sending blocks this member wants, no faster than it takes them."""
+        best, best_bytes = None, 0
+        for s in self.sessions.values():
+            if s.state not in ("waiting", "sending"):
+                continue
+            if member.demand.rate is not None and member.demand.rate < s.rate:
+                continue
+            ahead = sum(r.size for r in s.blocks[s.cursor :] if r.block_id in member.refs)
+            if ahead > best_bytes:
+                best, best_bytes = s, ahead
+        return best
+
+    def _join_late(self, session: Session, member: Member) -> dict[str, Any]:
+        session.members[member.member_id] = member
+        session.joined += 1
+        self.metrics.multicast_members.labels("late").inc()
+        self._count_members()
+        log.info("device %s joined multicast session %s late, at block %d of %d",
+                 member.member_id, session.hex, session.cursor, len(session.blocks))
+        return self._answer(session, member, None, late=True)
+
+    # -- sending -------------------------------------------------------------------------
+
+    async def _send(self, session: Session) -> None:
+        s = self.settings
+        if self._sock is None:
+            self._sock = open_sender(interface=s.group_interface, ttl=s.multicast_ttl)
+        pacers: list[Pacer] = [TokenBucket(session.rate)]
+        if self.egress is not None:
+            pacers.append(self.egress)
+        session.sender = SessionSender(
+            session=session.session_id, blocks=session.blocks, model=session.model, sock=self._sock,
+            address=(session.group, session.port), piece_bytes=session.piece_bytes, pacers=pacers,
+            cache=self.cache, metrics=self.metrics, drop_rate=s.multicast_test_drop,
+            still_wanted=lambda: bool(session.members),
+        )
+        result = "failed"
+        try:
+            await asyncio.sleep(s.multicast_lead_s)  # members join the group meanwhile
+            session.state = "sending"
+            result = "done" if await session.sender.run() else "abandoned"
+        except asyncio.CancelledError:
+            result = "abandoned"
+            raise
+        except Exception:
+            # Members notice the failed state and fetch what they lack by repair.
+            log.exception("multicast session %s failed at block %d", session.hex, session.cursor)
+        finally:
+            session.state = result
+            session.ended_at = time.monotonic()
+            self.metrics.multicast_sessions.labels(result).inc()
+            self.metrics.multicast_sessions_active.dec()
+            self._count_members()
+            log.info("multicast session %s %s: %d bytes to %s:%d for %d members (%d dropped by the test hook)",
+                     session.hex, result, session.sender.sent_bytes, session.group, session.port, session.joined,
+                     session.sender.dropped_bytes)
+
+    def _drop_member(self, session: Session, member_id: str) -> None:
+        if session.members.pop(member_id, None) is not None:
+            self._count_members()
+
+    def _count_members(self) -> None:
+        self.metrics.multicast_members_active.set(
+            sum(len(s.members) for s in self.sessions.values() if s.state in ("waiting", "sending"))
+        )
+
+    def _forget_old(self) -> None:
+        now = time.monotonic()
+        for key, s in list(self.sessions.items()):
+            if s.ended_at is not None and now - s.ended_at > _KEEP_FINISHED_S:
+                del self.sessions[key]
+
+
+def _unicast_answer(m: Member, plan: DeliveryPlan) -> dict[str, Any]:
+    return {"member": m.member_id, "session": None, "multicast": [], "multicast_seq": [], "repair": [],
+            "unicast": list(m.refs),
+            "late": False, "plan": plan.to_json()}
+

@@ -1,0 +1,128 @@
+"""Sending one multicast session: its blocks in order, cut into datagrams, paced.
+
+The session's own rate (its slowest member's) and the node's egress limit both pace
+it; a session whose members all left stops at the next block.
+"""
+
+import asyncio
+import logging
+import os
+import random
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Final
+
+from cachenet.deviceapi import LocalBlock
+from cachenet.edge.cache import EdgeCache
+from cachenet.edge.metrics import EdgeMetrics
+from cachenet.manifest import BlockRef
+from cachenet.multicast.wire import encode_end, encode_piece
+
+__all__ = ("SessionSender",)
+log = logging.getLogger(__name__)
+
+_READ_BYTES: Final = 1024 * 1024
+# Datagrams go out in bursts of about this many bytes between two waits on the pacers.
+_BURST_BYTES: Final = 64 * 1024
+_END_REPEATS: Final = 3
+
+Pacer = Callable[[int], Awaitable[None]]
+
+
+class SessionSender:
+    """Sends `blocks` to `(group, port)`; progress is readable while it runs."""
+
+    def __init__(
+        self,
+        *,
+        session: bytes,
+        blocks: Sequence[BlockRef],
+        model: str | None,
+        sock: socket.socket,
+        address: tuple[str, int],
+        piece_bytes: int,
+        pacers: Sequence[Pacer],
+        cache: EdgeCache,
+        metrics: EdgeMetrics,
+        drop_rate: float = 0.0,
+        still_wanted: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.session, self.blocks, self.model = session, list(blocks), model
+        self.sock, self.address, self.piece_bytes = sock, address, piece_bytes
+        self.pacers, self.cache, self.metrics = list(pacers), cache, metrics
+        self.drop_rate = drop_rate
+        self._drop = random.Random(int.from_bytes(session, "big"))
+        self.still_wanted = still_wanted
+        # Reads and bursts hold whole pieces, so every piece starts at a multiple of piece_bytes.
+        self._burst = max(1, _BURST_BYTES // piece_bytes) * piece_bytes
+        self._read_bytes = max(1, _READ_BYTES // piece_bytes) * piece_bytes
+        self.cursor = 0
+        self.sent_bytes = 0
+        self.dropped_bytes = 0
+
+    async def run(self) -> bool:
+        """Send every block, then END; False when stopped early because nobody was left."""
+        for seq, ref in enumerate(self.blocks):
+            if not self.still_wanted():
+                return False
+            self.cursor = seq
+            raw_id = bytes.fromhex(ref.block_id)
+            async for offset, data in self._read(ref):
+                view = memoryview(data)
+                for lo in range(0, len(view), self._burst):
+                    burst = view[lo : lo + self._burst]
+                    for pace in self.pacers:
+                        await pace(len(burst))
+                    for p in range(0, len(burst), self.piece_bytes):
+                        piece = burst[p : p + self.piece_bytes]
+                        await self._send_piece(raw_id, seq, offset + lo + p, piece)
+        self.cursor = len(self.blocks)
+        for _ in range(_END_REPEATS):
+            await self._sendto(encode_end(self.session, len(self.blocks)))
+            await asyncio.sleep(0.01)
+        return True
+
+    async def _send_piece(self, raw_id: bytes, seq: int, offset: int, piece: memoryview) -> None:
+        n = len(piece)
+        self.sent_bytes += n
+        self.metrics.egress_bytes.labels("multicast").inc(n)
+        if self.drop_rate and self._drop.random() < self.drop_rate:
+            self.dropped_bytes += n
+            self.metrics.multicast_dropped_bytes.inc(n)
+            return
+        await self._sendto(encode_piece(self.session, raw_id, seq, offset, piece))
+        self.metrics.multicast_datagrams.inc()
+
+    async def _sendto(self, datagram: bytes) -> None:
+        while True:
+            try:
+                self.sock.sendto(datagram, self.address)
+                return
+            except BlockingIOError:
+                await asyncio.sleep(0.001)  # the socket's send buffer is full: let it drain
+
+    async def _read(self, ref: BlockRef) -> AsyncIterator[tuple[int, bytes]]:
+        """The block's bytes in piece-aligned chunks, from the store or as they arrive upstream."""
+        handle = await self.cache.open_block(ref.block_id, blake3=ref.blake3, model=self.model)
+        if isinstance(handle, LocalBlock):
+            fd = await asyncio.to_thread(os.open, handle.path, os.O_RDONLY)
+            try:
+                for offset in range(0, handle.size, self._read_bytes):
+                    want = min(self._read_bytes, handle.size - offset)
+                    data = await asyncio.to_thread(os.pread, fd, want, offset)
+                    if len(data) != want:
+                        raise OSError(f"block {ref.block_id} ended early on disk")
+                    yield offset, data
+            finally:
+                os.close(fd)
+            return
+        pending, start = bytearray(), 0
+        async for chunk in handle.iter_range(0, handle.size):
+            pending += chunk
+            whole = len(pending) - len(pending) % self.piece_bytes
+            if whole >= self._read_bytes:
+                yield start, bytes(pending[:whole])
+                del pending[:whole]
+                start += whole
+        if pending:
+            yield start, bytes(pending)

@@ -1,0 +1,1 @@
+"""Multicast delivery shared by edge nodes and devices: the datagram format, sockets, the planner."""

@@ -1,0 +1,158 @@
+"""Receiving a multicast session's datagrams into partial blocks, on a thread of its own.
+
+The thread reads the group's socket, drops datagrams of other sessions, damaged ones and
+duplicates, and writes each piece at its offset into the block's `PieceWriter`. It tells
+the event loop when a block has all its pieces, when the sender moved past a block (a
+later block's datagram arrived: what is missing there is lost), and when the session
+ended.
+"""
+
+import asyncio
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cachenet.blockstore import PieceWriter
+from cachenet.manifest import BlockRef
+from cachenet.multicast.wire import END, MAX_DATAGRAM_BYTES, BadDatagram, decode
+
+__all__ = ("IncomingBlock", "SessionReceiver")
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class IncomingBlock:
+    """A block being received: which of its pieces arrived."""
+
+    ref: BlockRef
+    seq: int
+    writer: PieceWriter
+    piece_bytes: int
+    have: bytearray = field(init=False)
+    missing: int = field(init=False)
+    received_bytes: int = 0
+    closed: bool = False
+
+    def __post_init__(self) -> None:
+        pieces = -(-self.ref.size // self.piece_bytes)
+        self.have = bytearray(pieces)
+        self.missing = pieces
+
+    def holes(self) -> list[tuple[int, int]]:
+        """Byte ranges [start, end) not received, adjacent pieces merged."""
+        out: list[tuple[int, int]] = []
+        for i, got in enumerate(self.have):
+            if got:
+                continue
+            start, end = i * self.piece_bytes, min((i + 1) * self.piece_bytes, self.ref.size)
+            if out and out[-1][1] == start:
+                out[-1] = (out[-1][0], end)
+            else:
+                out.append((start, end))
+        return out
+
+
+# What the thread reports to the loop: ("complete", block), ("passed", seq), ("end", blocks sent).
+Event = tuple[str, object]
+
+
+class SessionReceiver:
+    """Reads `sock` until stopped; `blocks` maps raw block ids (16 bytes) to blocks being received."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        session: bytes,
+        blocks: dict[bytes, IncomingBlock],
+        *,
+        loop: asyncio.AbstractEventLoop,
+        on_event: Callable[[str, object], None],
+    ) -> None:
+        self.sock, self.session, self.blocks = sock, session, blocks
+        self.lock = threading.Lock()
+        self._loop, self._on_event = loop, on_event
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"multicast {session.hex()}", daemon=True)
+        self.datagrams = 0
+        self.damaged = 0
+        self.duplicates = 0
+        self.highest_seq = -1
+        self.last_datagram_at = time.monotonic()
+
+    def start(self) -> None:
+        """Start reading."""
+        self._thread.start()
+
+    async def stop(self) -> None:
+        """Stop reading and close the socket."""
+        self._stop.set()
+        await asyncio.to_thread(self._thread.join)
+        self.sock.close()
+
+    def close(self, block: IncomingBlock) -> None:
+        """Take a block away from the thread (it will write no more pieces into it)."""
+        with self.lock:
+            block.closed = True
+
+    def _emit(self, kind: str, value: object) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._on_event, kind, value)
+        except RuntimeError:
+            self._stop.set()  # the loop is closed: nobody is listening any more
+
+    def _run(self) -> None:
+        buf = bytearray(MAX_DATAGRAM_BYTES)
+        view = memoryview(buf)
+        while not self._stop.is_set():
+            try:
+                n = self.sock.recv_into(buf)
+            except TimeoutError:
+                continue
+            except OSError as e:
+                if not self._stop.is_set():
+                    log.warning("multicast socket failed: %s", e)
+                    self._emit("error", e)
+                return
+            try:
+                d = decode(view[:n])
+            except BadDatagram:
+                self.damaged += 1
+                continue
+            if d.session != self.session:
+                continue
+            self.last_datagram_at = time.monotonic()
+            self.datagrams += 1
+            if d.kind == END:
+                self._emit("end", d.seq)
+                continue
+            if d.seq > self.highest_seq:
+                self.highest_seq = d.seq
+                self._emit("passed", d.seq)
+            try:
+                self._store(d.block_id, d.offset, d.payload)
+            except Exception as e:  # noqa: BLE001 - a full disk must reach the loop, not kill the thread quietly
+                self._emit("error", e)
+                return
+
+    def _store(self, block_id: bytes, offset: int, payload: memoryview) -> None:
+        with self.lock:
+            block = self.blocks.get(block_id)
+            if block is None or block.closed:
+                return
+            index, rest = divmod(offset, block.piece_bytes)
+            if rest or index >= len(block.have) or len(payload) != min(block.piece_bytes, block.ref.size - offset):
+                self.damaged += 1
+                return
+            if block.have[index]:
+                self.duplicates += 1
+                return
+            block.writer.write_at(offset, payload)
+            block.have[index] = 1
+            block.missing -= 1
+            block.received_bytes += len(payload)
+            if block.missing == 0:
+                block.closed = True
+                self._emit("complete", block)
