@@ -3,8 +3,12 @@
 import signal
 import socket
 import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
-__all__ = ("free_port", "stop_processes")
+__all__ = ("free_port", "run_cachenet", "start_cachenet", "stop_processes", "wait_ready")
 
 
 def free_port() -> int:
@@ -25,3 +29,31 @@ def stop_processes(procs: dict[str, "subprocess.Popen[bytes]"]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def start_cachenet(tmp: Path, name: str, argv: list[str]) -> "subprocess.Popen[bytes]":
+    """Start `python -m cachenet ARGV` in the background, its output in `tmp/<name>.log`."""
+    log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115 - the child holds it
+    return subprocess.Popen([sys.executable, "-m", "cachenet", *argv], stdout=log, stderr=subprocess.STDOUT)
+
+
+def run_cachenet(argv: list[str]) -> None:
+    """Run `python -m cachenet ARGV` to completion (raises on failure)."""
+    subprocess.run([sys.executable, "-m", "cachenet", *argv], check=True, stdout=subprocess.DEVNULL)
+
+
+def wait_ready(url: str, timeout_s: float = 60.0) -> None:
+    """Wait until a server answers `/healthz` (or, for a `/files/` URL, the file) with 200."""
+    deadline = time.monotonic() + timeout_s
+    probe = url if "/files/" in url else url + "/healthz"
+    error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            req = urllib.request.Request(probe, method="HEAD" if "/files/" in url else "GET")
+            with urllib.request.urlopen(req, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError as e:
+            error = e
+            time.sleep(0.2)
+    sys.exit(f"{url} not ready after {timeout_s} s: {error}")

@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any, Final
 
@@ -31,7 +30,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from bench.machine import write_result
-from bench.processes import free_port, stop_processes
+from bench.processes import free_port, run_cachenet, start_cachenet, stop_processes, wait_ready
 from bench.publish_throughput import make_model
 
 __all__ = ("main",)
@@ -101,7 +100,7 @@ def _run(
 
     origin_port = free_port()
     origin = f"http://127.0.0.1:{origin_port}"
-    procs["origin"] = _cachenet(
+    procs["origin"] = start_cachenet(
         tmp,
         "origin",
         [
@@ -115,8 +114,8 @@ def _run(
             TOKEN,
         ],
     )
-    _wait_ready(origin)
-    _cli(
+    wait_ready(origin)
+    run_cachenet(
         [
             "publish",
             str(model_dir),
@@ -130,7 +129,7 @@ def _run(
         ]
     )
     for i, adapter in enumerate(adapters, 1):
-        _cli(
+        run_cachenet(
             [
                 "publish",
                 str(adapter),
@@ -149,10 +148,10 @@ def _run(
     # One warm edge node: pull everything through it once, then copy its data for the others.
     edge_data = tmp / "edge-1"
     edge_port = free_port()
-    procs["edge-warmup"] = _cachenet(
+    procs["edge-warmup"] = start_cachenet(
         tmp, "edge-warmup", _edge_args(edge_data, origin, edge_port, None)
     )
-    _wait_ready(f"http://127.0.0.1:{edge_port}")
+    wait_ready(f"http://127.0.0.1:{edge_port}")
     for name in ("bench/lora-1", "bench/lora-2"):
         _pull(name, [f"http://127.0.0.1:{edge_port}"], tmp / "warmup-store", None, blocks_only=True)
     stop_processes({"edge-warmup": procs.pop("edge-warmup")})
@@ -167,12 +166,12 @@ def _run(
     for path in (files, model):  # nginx workers may run as another user
         path.chmod(0o755 if path.is_dir() else 0o644)
     procs["nginx"] = _start_nginx(tmp, nginx_port, files)
-    _wait_ready(f"http://127.0.0.1:{nginx_port}/files/model.safetensors")
+    wait_ready(f"http://127.0.0.1:{nginx_port}/files/model.safetensors")
 
     fast_port = free_port()
-    procs["edge-fast"] = _cachenet(tmp, "edge-fast", _edge_args(edge_data, origin, fast_port, None))
+    procs["edge-fast"] = start_cachenet(tmp, "edge-fast", _edge_args(edge_data, origin, fast_port, None))
     fast = f"http://127.0.0.1:{fast_port}"
-    _wait_ready(fast)
+    wait_ready(fast)
 
     rounds: list[dict[str, Any]] = []
     for r in range(args.rounds):
@@ -234,12 +233,12 @@ def _run(
     urls = []
     for i in (1, 2, 3):
         port = free_port()
-        procs[f"edge-{i}"] = _cachenet(
+        procs[f"edge-{i}"] = start_cachenet(
             tmp, f"edge-{i}", _edge_args(tmp / f"edge-{i}", origin, port, args.egress_rate)
         )
         urls.append(f"http://127.0.0.1:{port}")
     for url in urls:
-        _wait_ready(url)
+        wait_ready(url)
     multi_rounds = []
     for r in range(args.rounds):
         one = {}
@@ -356,17 +355,6 @@ def _pull(
     return report
 
 
-def _cli(argv: list[str]) -> None:
-    subprocess.run([sys.executable, "-m", "cachenet", *argv], check=True, stdout=subprocess.DEVNULL)
-
-
-def _cachenet(tmp: Path, name: str, argv: list[str]) -> "subprocess.Popen[bytes]":
-    log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115 - the child holds it
-    return subprocess.Popen(
-        [sys.executable, "-m", "cachenet", *argv], stdout=log, stderr=subprocess.STDOUT
-    )
-
-
 def _edge_args(data: Path, origin: str, port: int, rate: str | None) -> list[str]:
     argv = [
         "edge",
@@ -396,22 +384,6 @@ def _start_nginx(tmp: Path, port: int, files: Path) -> "subprocess.Popen[bytes]"
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-
-
-def _wait_ready(url: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    probe = url if "/files/" in url else url + "/healthz"
-    error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            req = urllib.request.Request(probe, method="HEAD" if "/files/" in url else "GET")
-            with urllib.request.urlopen(req, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError as e:
-            error = e
-            time.sleep(0.2)
-    sys.exit(f"{url} not ready after {timeout_s} s: {error}")
 
 
 def _check_identical(got: Path, want: Path) -> None:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Final
 
+from cachenet.units import parse_rate
 from clients.config import DEFAULT_SOURCE, PullSettings
 
 __all__ = ("register",)
@@ -72,6 +73,25 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
         action="store_false",
         help="only fetch the blocks into the local store; write no files",
     )
+    p.add_argument(
+        "--multicast",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="receive blocks other devices want too from the node's multicast session: auto (when a "
+        "source offers it, else unicast), on (fail without it), off (default auto)",
+    )
+    p.add_argument(
+        "--multicast-interface",
+        metavar="ADDR",
+        help="IPv4 address of the local interface to join multicast groups on "
+        "(default: loopback for a node on loopback, else the kernel's choice)",
+    )
+    p.add_argument(
+        "--link-rate",
+        type=parse_rate,
+        help="what this device's link takes, e.g. 20Mbit: the node keeps faster multicast groups "
+        "from waiting for it",
+    )
     p.add_argument("--no-fsync", dest="fsync", action="store_false", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -79,6 +99,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
 
 
 def _pull(args: argparse.Namespace) -> int:
+    from clients.multicast import MulticastOptions
     from clients.pull import pull
 
     sources = (
@@ -107,6 +128,9 @@ def _pull(args: argparse.Namespace) -> int:
             store=args.store,
             merge_lora=args.merge_lora,
             settings=settings,
+            multicast=MulticastOptions(
+                mode=args.multicast, interface=args.multicast_interface, rate=args.link_rate
+            ),
             progress=False if args.no_progress or args.json else None,
             env=os.environ,
         )

@@ -172,7 +172,7 @@ async def _join(
     async with fetcher.pool.session.post(f"{node}/v1/multicast/join", json=body,
                                          timeout=aiohttp.ClientTimeout(total=options.join_timeout_s)) as resp:
         await raise_for_status(resp)
-        answer = await resp.json()
+        answer: dict[str, Any] = await resp.json()
     wanted = {r.block_id for r in refs}
     try:
         if len(answer["multicast_seq"]) != len(answer["multicast"]):

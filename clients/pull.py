@@ -28,8 +28,8 @@ from clients.assemble import assemble_file
 from clients.config import DEFAULT_SETTINGS, PullSettings
 from clients.fetch import BlockFetcher
 from clients.localstore import open_local_store, read_file_range
-from clients.multicast import MulticastOptions, MulticastStats, fetch_with_multicast
 from clients.merge import ADAPTER_FILES, LoraSpec, MergeOp, apply_merge, plan_merge
+from clients.multicast import MulticastOptions, MulticastStats, fetch_with_multicast
 from clients.sources import SourcePool, SourceReport
 from clients.tensorfile import TensorFileInfo, TensorInfo, header_length, parse_tensor_header
 

@@ -63,13 +63,13 @@ class SessionSender:
     async def run(self) -> bool:
         """Send every block, then END; False when stopped early because nobody was left."""
         for seq, ref in enumerate(self.blocks):
-            if not self.still_wanted():
-                return False
             self.cursor = seq
             raw_id = bytes.fromhex(ref.block_id)
             async for offset, data in self._read(ref):
                 view = memoryview(data)
                 for lo in range(0, len(view), self._burst):
+                    if not self.still_wanted():
+                        return False
                     burst = view[lo : lo + self._burst]
                     for pace in self.pacers:
                         await pace(len(burst))

@@ -19,12 +19,12 @@ from typing import Final
 import xxhash
 
 __all__ = (
+    "BadDatagram",
+    "Datagram",
     "END",
     "HEADER_BYTES",
     "MAX_DATAGRAM_BYTES",
     "PIECE",
-    "BadDatagram",
-    "Datagram",
     "decode",
     "encode_end",
     "encode_piece",

@@ -38,5 +38,9 @@ def test_up_demo_runs_end_to_end_and_leaves_no_process(tmp_path: Path) -> None:
     assert summary["device_pull_identical"] is True
     assert 0 < summary["hit_ratio"] <= 1 and summary["bytes_moved"] > 80_000_000
     assert summary["bytes_deduplicated"] > 4 * 80_000_000  # four LoRA variants did not copy the base
+    # Four devices pulling the four variants at once: the backbone went out once, by multicast.
+    multicast = summary["multicast"]
+    assert multicast["sessions"] == 1 and multicast["egress_by_kind"]["multicast"] > 80_000_000
+    assert multicast["egress_bytes"] < 0.4 * multicast["unicast_only_bytes"]
     leftover = subprocess.run(["pgrep", "-f", str(data)], capture_output=True, text=True).stdout.split()
     assert leftover == []

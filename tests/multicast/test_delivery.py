@@ -14,8 +14,8 @@ from aiohttp.test_utils import TestServer
 
 from cachenet.blockstore import BlockStore
 from cachenet.edge.multicast_routes import hub_key
-from clients import PullSettings, pull
 from cachenet.errors import UpstreamUnavailable
+from clients import PullSettings, pull
 from clients.multicast import MulticastOptions
 from registry.keys import catalogue_key
 from tests.clients.support import file_hashes, publish, url_of
