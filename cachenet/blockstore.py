@@ -438,73 +438,85 @@ class PieceWriter:
     """One block written at offsets in any order into a temporary file of its full size.
 
     `commit` reads the file back once, verifies it against the block id, BLAKE3 and size,
-    and publishes it like `BlockWriter.commit`. Writes may come from another thread than
-    the commit, but not at the same time as it.
+    and publishes it like `BlockWriter.commit`. Safe to use from several threads: writes,
+    the commit and `abort` take turns, and nothing is written after a commit or an abort.
     """
 
     def __init__(self, store: BlockStore, block_id: str, *, blake3: str | None, size: int) -> None:
         if size < 0:
             raise ValueError(f"negative block size {size}")
         self.store, self.block_id, self.blake3, self.size = store, block_id, blake3, size
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._committed = False
         store.reserve(size)
         self._reserved = size
-        self._tmp = _temp_path(store, block_id)
         try:
-            self._fd: int | None = os.open(self._tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            self._tmp = _temp_path(store, block_id)
+            self._fd = os.open(self._tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
             os.ftruncate(self._fd, size)
-        except OSError:
+        except BaseException:
             self.abort()
             raise
 
     def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write bytes of the block at `offset`."""
-        if self._fd is None:
-            raise ValueError(f"block {self.block_id}: the writer is closed")
         if offset < 0 or offset + len(data) > self.size:
             raise BlockCorrupt(f"block {self.block_id}: bytes {offset}-{offset + len(data)} are outside its "
                                f"{self.size} bytes", block_id=self.block_id)
         view = memoryview(data)
-        try:
-            while view:
-                n = os.pwrite(self._fd, view, offset)
-                view, offset = view[n:], offset + n
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
-                self.abort()
-                raise CapacityExceeded(f"disk full while writing block {self.block_id}") from e
-            raise
+        with self._lock:
+            if self._fd is None:
+                raise ValueError(f"block {self.block_id}: the writer is closed")
+            try:
+                while view:
+                    n = os.pwrite(self._fd, view, offset)
+                    view, offset = view[n:], offset + n
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    self._abort()
+                    raise CapacityExceeded(f"disk full while writing block {self.block_id}") from e
+                raise
 
     def commit(self) -> bool:
         """Verify and publish the block; True when it was not stored before. Raises `BlockCorrupt`."""
-        if self._fd is None:
-            raise ValueError(f"block {self.block_id}: the writer is closed")
-        try:
-            hasher = BlockHasher()
-            for offset in range(0, self.size, READ_CHUNK_BYTES):
-                hasher.update(os.pread(self._fd, min(READ_CHUNK_BYTES, self.size - offset), offset))
-            hasher.verify(self.block_id, self.blake3)
-            if hasher.size != self.size:
-                raise BlockCorrupt(f"block {self.block_id}: {hasher.size} bytes, expected {self.size}",
-                                   block_id=self.block_id)
-            if self.store.fsync:
-                os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = None
-        except BaseException:
-            self.abort()
-            raise
-        reserved, self._reserved = self._reserved, 0
-        try:
-            return self.store._commit(self._tmp, hasher.digest(), reserved)
-        finally:
-            self._tmp.unlink(missing_ok=True)
+        with self._lock:
+            if self._fd is None:
+                raise ValueError(f"block {self.block_id}: the writer is closed")
+            try:
+                hasher = BlockHasher()
+                for offset in range(0, self.size, READ_CHUNK_BYTES):
+                    hasher.update(os.pread(self._fd, min(READ_CHUNK_BYTES, self.size - offset), offset))
+                hasher.verify(self.block_id, self.blake3)
+                if hasher.size != self.size:
+                    raise BlockCorrupt(f"block {self.block_id}: {hasher.size} bytes, expected {self.size}",
+                                       block_id=self.block_id)
+                if self.store.fsync:
+                    os.fsync(self._fd)
+                os.close(self._fd)
+                self._fd = None
+            except BaseException:
+                self._abort()
+                raise
+            reserved, self._reserved = self._reserved, 0
+            self._committed = True
+            try:
+                return self.store._commit(self._tmp, hasher.digest(), reserved)
+            finally:
+                self._tmp.unlink(missing_ok=True)
 
     def abort(self) -> None:
-        """Discard the partial block."""
+        """Discard the partial block (nothing happens after a commit)."""
+        with self._lock:
+            self._abort()
+
+    def _abort(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        self._tmp.unlink(missing_ok=True)
+        tmp = getattr(self, "_tmp", None)
+        if tmp is not None and not self._committed:
+            tmp.unlink(missing_ok=True)
         if self._reserved:
             self.store.release(self._reserved)
             self._reserved = 0

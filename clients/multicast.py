@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import aiohttp
 
-from cachenet.blockstore import BlockStore
+from cachenet.blockstore import BlockStore, PieceWriter
 from cachenet.deviceapi import REPAIR_HEADER
 from cachenet.errors import BadInput, BlockCorrupt, CachenetError, UpstreamUnavailable
 from cachenet.httpclient import raise_for_status
@@ -81,6 +81,7 @@ class MulticastStats:
     missed_bytes: int
     repair_bytes: int
     repaired_blocks: int
+    stored_bytes: int
     refused_blocks: int
     fallback: str | None
 
@@ -94,12 +95,12 @@ class MulticastStats:
         return {"node": self.node, "session": self.session, "late": self.late,
                 "multicast_blocks": self.multicast_blocks, "multicast_bytes": self.multicast_bytes,
                 "expected_bytes": self.expected_bytes, "missed_bytes": self.missed_bytes,
-                "repair_bytes": self.repair_bytes, "repaired_blocks": self.repaired_blocks, "refused_blocks": self.refused_blocks,
+                "repair_bytes": self.repair_bytes, "repaired_blocks": self.repaired_blocks, "stored_bytes": self.stored_bytes, "refused_blocks": self.refused_blocks,
                 "loss": round(self.loss, 6), "fallback": self.fallback}
 
 
 def _unicast_only(node: str | None, why: str) -> MulticastStats:
-    return MulticastStats(node, None, False, 0, 0, 0, 0, 0, 0, 0, why)
+    return MulticastStats(node, None, False, 0, 0, 0, 0, 0, 0, 0, 0, why)
 
 
 async def fetch_with_multicast(
@@ -175,8 +176,12 @@ async def _join(
         answer: dict[str, Any] = await resp.json()
     wanted = {r.block_id for r in refs}
     try:
-        if len(answer["multicast_seq"]) != len(answer["multicast"]):
+        seqs = answer["multicast_seq"]
+        if len(seqs) != len(answer["multicast"]) or not all(type(x) is int and x >= 0 for x in seqs):
             raise ValueError("the join answer's multicast_seq does not match its multicast blocks")
+        listed = [*answer["multicast"], *answer["repair"], *answer["unicast"]]
+        if len(listed) != len(set(listed)):
+            raise ValueError("the join answer names a block twice")
         for key in ("multicast", "repair", "unicast"):
             if not isinstance(answer[key], list) or not set(answer[key]) <= wanted:
                 raise ValueError(f"the join answer's {key!r} names blocks this device did not ask for")
@@ -192,6 +197,14 @@ async def _join(
     except (KeyError, TypeError, BadInput) as e:
         raise ValueError(f"malformed join answer from {node}: {e}") from None
     return answer
+
+
+def _loopback_or_none(interface: object) -> str | None:
+    """The node's interface when it is a loopback address (the device is on the same machine)."""
+    try:
+        return interface if isinstance(interface, str) and is_loopback(interface) else None
+    except ValueError:
+        return None
 
 
 class _SessionRun:
@@ -219,10 +232,10 @@ class _SessionRun:
         self.multicast = [by_id[b] for b in answer["multicast"]]
         self.repair_first = [by_id[b] for b in answer["repair"]]
         self.unicast = [by_id[b] for b in answer["unicast"]]
-        node_interface = announcement.get("interface")
-        self.interface = options.interface or (node_interface if is_loopback(node_interface) else None)
+        self.interface = options.interface or _loopback_or_none(announcement.get("interface"))
         self.incoming: dict[bytes, IncomingBlock] = {}
         self.cursor = 0 if not answer.get("late") else int(s.get("cursor", 0))
+        self.joined_at = self.cursor
         self.ended = False  # the node says the session is over (or cannot be asked any more)
         self.end_seen = False  # the END datagram arrived: every piece sent is behind us
         self.changed = asyncio.Event()
@@ -234,6 +247,8 @@ class _SessionRun:
         self.multicast_blocks = 0
         self.refused = 0
         self.repaired_blocks = 0
+        self.stored_bytes = 0
+        self.expected_bytes = 0
         self.receiver: SessionReceiver | None = None
         self.repair_slots = asyncio.Semaphore(options.repair_concurrency)
 
@@ -245,17 +260,12 @@ class _SessionRun:
             all_refs = [*self.multicast, *self.repair_first, *self.unicast]
             return await _fall_back(self.fetcher, all_refs, self.options, self.node,
                                     f"cannot join group {self.group}:{self.port} on {self.interface or 'any'}: {e}")
-        expected = 0
         try:
             for ref, seq in zip(self.multicast, self.answer["multicast_seq"], strict=True):
-                if self.store.has(ref.block_id):
-                    continue
-                writer = await asyncio.to_thread(self.store.piece_writer, ref.block_id, blake3=ref.blake3,
-                                                 size=ref.size)
-                self.incoming[bytes.fromhex(ref.block_id)] = IncomingBlock(ref, int(seq), writer, self.piece_bytes)
-                expected += ref.size
+                if not self.store.has(ref.block_id):
+                    self.incoming[bytes.fromhex(ref.block_id)] = IncomingBlock(ref, int(seq), self.piece_bytes)
             self.receiver = SessionReceiver(sock, self.session_id, self.incoming, loop=asyncio.get_running_loop(),
-                                            on_event=self._on_event)
+                                            on_event=self._on_event, open_writer=self._open_writer)
             self.receiver.start()
             await self._deliver()
         finally:
@@ -264,11 +274,15 @@ class _SessionRun:
             else:
                 sock.close()
             for block in self.incoming.values():
-                block.writer.abort()  # no-op for committed blocks
-            await self._leave(expected, self.missed_bytes)
+                if block.writer is not None:
+                    block.writer.abort()  # no-op for committed blocks
+            await self._leave(self.expected_bytes, self.missed_bytes)
         return MulticastStats(self.node, self.session_hex, bool(self.answer.get("late")), self.multicast_blocks,
-                              self.multicast_bytes, expected, self.missed_bytes, self.repair_bytes,
-                              self.repaired_blocks, self.refused, None)
+                              self.multicast_bytes, self.expected_bytes, self.missed_bytes, self.repair_bytes,
+                              self.repaired_blocks, self.stored_bytes, self.refused, None)
+
+    def _open_writer(self, ref: BlockRef) -> PieceWriter:
+        return self.store.piece_writer(ref.block_id, blake3=ref.blake3, size=ref.size)
 
     async def _deliver(self) -> None:
         unicast = asyncio.create_task(self.fetcher.ensure(self.unicast), name="multicast: unicast share")
@@ -311,8 +325,8 @@ class _SessionRun:
         return quiet and (self.ended or block.seq < self.cursor)
 
     def _on_event(self, kind: str, value: object) -> None:
-        if kind == "end":
-            self.end_seen = True
+        if kind in ("end", "socket"):
+            self.end_seen = True  # nothing more will arrive: repair what is missing
         elif kind == "error" and isinstance(value, BaseException):
             self.failure = value
         self.changed.set()
@@ -321,7 +335,7 @@ class _SessionRun:
         """Follow the session's state: END datagrams can be lost too, and a group may carry nothing at all."""
         url = f"{self.node}/v1/multicast/sessions/{self.session_hex}"
         idle_since = self.fetcher.pool.now()
-        last = (-1, "")
+        last: tuple[int, str, int] = (-1, "", -1)
         while True:
             await asyncio.sleep(self.options.poll_interval_s)
             self.changed.set()  # also to look at the socket's quiet time again
@@ -331,14 +345,18 @@ class _SessionRun:
                 async with self.fetcher.pool.session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
                     await raise_for_status(resp)
                     doc = await resp.json()
-                cursor, state = int(doc["cursor"]), str(doc["state"])
+                cursor, state, sent = int(doc["cursor"]), str(doc["state"]), int(doc.get("sent_bytes", 0))
             except (aiohttp.ClientError, TimeoutError, OSError, CachenetError, ValueError, KeyError, TypeError) as e:
                 log.info("multicast session state unavailable: %s", e)
                 if self.fetcher.pool.now() - idle_since > self.options.idle_timeout_s:
                     self.ended = True  # repair what is missing, from wherever it can be had
                 continue
-            if (cursor, state) != last:
-                idle_since, last = self.fetcher.pool.now(), (cursor, state)
+            if (cursor, state, sent) != last:
+                idle_since, last = self.fetcher.pool.now(), (cursor, state, sent)
+            elif self.fetcher.pool.now() - idle_since > self.options.idle_timeout_s:
+                log.warning("multicast session %s made no progress for %.0f s; repairing the rest", self.session_hex,
+                            self.options.idle_timeout_s)
+                self.ended = True
             self.cursor = max(self.cursor, cursor)
             if state in _FINISHED_STATES:
                 self.ended = True
@@ -349,44 +367,50 @@ class _SessionRun:
         ref = block.ref
         holes = block.holes()
         missed = sum(b - a for a, b in holes)
-        self.missed_bytes += missed
+        # A late joiner's first block was partly sent before it joined: that is not loss.
+        if not (self.answer.get("late") and block.seq == self.joined_at):
+            self.expected_bytes += ref.size
+            self.missed_bytes += missed
         if missed:
             log.debug("block %s (seq %d): %d of %d bytes lost in %d holes; repairing", ref.block_id, block.seq,
                       missed, ref.size, len(holes))
-        try:
-            for start, end in holes:
-                await self._repair_range(ref, start, end, block.writer.write_at)
-            await asyncio.to_thread(block.writer.commit)
-        except (aiohttp.ClientError, TimeoutError, OSError, CachenetError) as e:
-            if isinstance(e, BlockCorrupt):
-                self.refused += 1
-            block.writer.abort()
-            log.warning("block %s from multicast could not be completed (%s); fetching it whole", ref.block_id, e)
-            await self.fetcher.ensure([ref])
-            return
-        self.multicast_blocks += 1
-        self.multicast_bytes += ref.size - missed
-        if self.progress is not None:
-            self.progress(ref.size)
+        if block.writer is None:
+            block.writer = await asyncio.to_thread(self._open_writer, ref)
+        if await self._complete(ref, block.writer, holes):
+            self.multicast_blocks += 1
+            self.multicast_bytes += ref.size - missed
 
     async def _repair_whole(self, ref: BlockRef) -> None:
         """A block the session sent before this device joined: fetched whole by repair."""
         if self.store.has(ref.block_id):
             return
-        writer = await asyncio.to_thread(self.store.piece_writer, ref.block_id, blake3=ref.blake3, size=ref.size)
+        writer = await asyncio.to_thread(self._open_writer, ref)
+        if await self._complete(ref, writer, [(0, ref.size)]):
+            self.repaired_blocks += 1
+
+    async def _complete(self, ref: BlockRef, writer: PieceWriter, ranges: list[tuple[int, int]]) -> bool:
+        """Repair `ranges` into `writer`, verify and commit; True when that worked.
+
+        Otherwise the block is fetched whole by unicast, from any source.
+        """
         try:
-            await self._repair_range(ref, 0, ref.size, writer.write_at)
+            for start, end in ranges:
+                await self._repair_range(ref, start, end, writer.write_at)
             await asyncio.to_thread(writer.commit)
         except (aiohttp.ClientError, TimeoutError, OSError, CachenetError) as e:
             if isinstance(e, BlockCorrupt):
                 self.refused += 1
             writer.abort()
-            log.warning("repair of block %s failed (%s); fetching it by unicast", ref.block_id, e)
+            log.warning("block %s could not be completed by repair (%s); fetching it whole", ref.block_id, e)
             await self.fetcher.ensure([ref])
-            return
-        self.repaired_blocks += 1
+            return False
+        except BaseException:
+            writer.abort()  # cancelled: leave no temporary file or reservation behind
+            raise
+        self.stored_bytes += ref.size
         if self.progress is not None:
             self.progress(ref.size)
+        return True
 
     async def _repair_range(self, ref: BlockRef, start: int, end: int, write_at: Callable[[int, bytes], None]) -> None:
         """Fetch bytes [start, end) of a block from the node by HTTP Range into `write_at`."""

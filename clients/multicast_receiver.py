@@ -1,7 +1,8 @@
 """Receiving a multicast session's datagrams into partial blocks, on a thread of its own.
 
 The thread reads the group's socket, drops datagrams of other sessions, damaged ones and
-duplicates, and writes each piece at its offset into the block's `PieceWriter`. It tells
+duplicates, and writes each piece at its offset into the block's `PieceWriter` (opened
+when the block's first piece arrives, so only the blocks under way hold a file open). It tells
 the event loop when a block has all its pieces, when the sender moved past a block (a
 later block's datagram arrived: what is missing there is lost), and when the session
 ended.
@@ -29,8 +30,8 @@ class IncomingBlock:
 
     ref: BlockRef
     seq: int
-    writer: PieceWriter
     piece_bytes: int
+    writer: PieceWriter | None = None
     have: bytearray = field(init=False)
     missing: int = field(init=False)
     received_bytes: int = 0
@@ -55,7 +56,8 @@ class IncomingBlock:
         return out
 
 
-# What the thread reports to the loop: ("complete", block), ("passed", seq), ("end", blocks sent).
+# What the thread reports to the loop: ("complete", block), ("passed", seq), ("end", blocks sent),
+# ("socket", error): nothing more will arrive, ("error", error): a piece could not be stored.
 Event = tuple[str, object]
 
 
@@ -70,8 +72,10 @@ class SessionReceiver:
         *,
         loop: asyncio.AbstractEventLoop,
         on_event: Callable[[str, object], None],
+        open_writer: Callable[[BlockRef], PieceWriter],
     ) -> None:
         self.sock, self.session, self.blocks = sock, session, blocks
+        self.open_writer = open_writer
         self.lock = threading.Lock()
         self._loop, self._on_event = loop, on_event
         self._stop = threading.Event()
@@ -114,7 +118,7 @@ class SessionReceiver:
             except OSError as e:
                 if not self._stop.is_set():
                     log.warning("multicast socket failed: %s", e)
-                    self._emit("error", e)
+                    self._emit("socket", e)
                 return
             try:
                 d = decode(view[:n])
@@ -149,6 +153,8 @@ class SessionReceiver:
             if block.have[index]:
                 self.duplicates += 1
                 return
+            if block.writer is None:
+                block.writer = self.open_writer(block.ref)
             block.writer.write_at(offset, payload)
             block.have[index] = 1
             block.missing -= 1

@@ -261,7 +261,7 @@ async def fetch_and_write(
         files=tuple(p.path for p in plans),
         total_bytes=sum(p.file.size for p in plans),
         needed_bytes=needed_bytes,
-        fetched_bytes=after.fetched_bytes - before.fetched_bytes + mc.multicast_bytes + mc.repair_bytes,
+        fetched_bytes=after.fetched_bytes - before.fetched_bytes + mc.stored_bytes,
         fetched_blocks=after.fetched_blocks - before.fetched_blocks + mc.multicast_blocks + mc.repaired_blocks,
         reused_bytes=needed_bytes - missing_bytes,
         reused_blocks=len(needed) - len(missing),

@@ -37,14 +37,21 @@ log = logging.getLogger(__name__)
 # Finished sessions stay visible this long, for members polling their state.
 _KEEP_FINISHED_S: Final = 300.0
 MAX_PENDING_MEMBERS: Final = 1024
+MAX_SESSION_MEMBERS: Final = 4096
+# Declared rates below this are refused; rates are rounded down to steps of this ratio
+# before planning, so a batch has few distinct rates (a small, fast search).
+MIN_RATE: Final = 10_000.0
+_RATE_STEP: Final = 2**0.5
+# A late joiner joins a session sending at least this share of the rate it could get alone.
+_LATE_JOIN_MIN_SHARE: Final = 0.5
 
 
 @dataclass(slots=True)
 class Member:
     """A device in a batch or session."""
 
-    member_id: str
-    demand: MemberDemand
+    member_id: str  # secret: only the device knows it (it is what `leave` checks)
+    demand: MemberDemand  # under a public label, as plans show it
     refs: dict[str, BlockRef]
     model: str
 
@@ -127,6 +134,7 @@ class MulticastHub:
         self._closing = False
         self._expected_bytes = 0
         self._missed_bytes = 0
+        self._labels = 0
 
     # -- what devices see ----------------------------------------------------------------
 
@@ -160,8 +168,8 @@ class MulticastHub:
         """Plan a device's blocks: which come by multicast (and from which session), which by unicast."""
         if self._closing:
             raise NotFound("the node is shutting down")
-        if rate is not None and (not math.isfinite(rate) or rate <= 0):
-            raise BadInput(f"rate must be a positive number of bytes/s, got {rate!r}")
+        if rate is not None and (not math.isfinite(rate) or rate < MIN_RATE):
+            raise BadInput(f"rate must be at least {MIN_RATE:g} bytes/s, got {rate!r}")
         manifest = await self.manifests.get(name, revision)
         known = await self._blocks_of(manifest)
         refs: dict[str, BlockRef] = {}
@@ -172,8 +180,10 @@ class MulticastHub:
             refs[b] = known[b]
         if not refs:
             raise BadInput("a join names at least one block")
-        member = Member(secrets.token_hex(8), MemberDemand("", tuple(refs), rate), refs, manifest.name)
-        member.demand = MemberDemand(member.member_id, tuple(refs), rate)
+        self._labels += 1
+        planned_rate = None if rate is None else _RATE_STEP ** math.floor(math.log(rate, _RATE_STEP))
+        member = Member(secrets.token_hex(8), MemberDemand(f"device-{self._labels}", tuple(refs), planned_rate), refs,
+                        manifest.name)
         running = self._running_session_for(member)
         if running is not None:
             return self._join_late(running, member)
@@ -237,46 +247,58 @@ class MulticastHub:
         if self._batch is batch:
             self._batch = None
         live = [m for m in batch.members if not batch.answers[m.member_id].done()]
-        if not live:
-            return
-        try:
-            answers = self._plan(live)
-        except Exception as e:  # noqa: BLE001 - every waiting device must get an answer
-            log.exception("planning a multicast batch failed")
-            for m in live:
-                batch.answers[m.member_id].set_exception(e)
-            return
-        for m in live:
-            batch.answers[m.member_id].set_result(answers[m.member_id])
+        if live:
+            asyncio.get_running_loop().create_task(self._answer_batch(batch, live), name="multicast batch")
 
-    def _plan(self, members: list[Member]) -> dict[str, dict[str, Any]]:
-        s = self.settings
-        sizes = {b: r.size for m in members for b, r in m.refs.items()}
-        plan = plan_delivery([m.demand for m in members], sizes, egress_rate=s.egress_rate or s.multicast_rate,
-                             multicast_rate=s.multicast_rate)
+    async def _answer_batch(self, batch: _Batch, members: list[Member]) -> None:
+        try:
+            if self._closing:
+                raise NotFound("the node is shutting down")
+            s = self.settings
+            sizes = {b: r.size for m in members for b, r in m.refs.items()}
+            plan = await asyncio.to_thread(plan_delivery, [m.demand for m in members], sizes,
+                                           egress_rate=self._link_rate(), multicast_rate=s.multicast_rate)
+            if self._closing:
+                raise NotFound("the node is shutting down")
+            answers = self._start_sessions(members, plan)
+        except Exception as e:  # noqa: BLE001 - every waiting device must get an answer
+            if not isinstance(e, NotFound):
+                log.exception("planning a multicast batch failed")
+            for m in members:
+                if not batch.answers[m.member_id].done():
+                    batch.answers[m.member_id].set_exception(e)
+            return
+        for m in members:
+            if not batch.answers[m.member_id].done():
+                batch.answers[m.member_id].set_result(answers[m.member_id])
+
+    def _link_rate(self) -> float:
+        return self.settings.egress_rate or self.settings.multicast_rate
+
+    def _start_sessions(self, members: list[Member], plan: DeliveryPlan) -> dict[str, dict[str, Any]]:
         self.last_plan = plan.to_json()
         log.info("multicast batch of %d: %d groups, estimate %.2f s mean (%.2f s unicast only), %d bytes",
                  len(members), len(plan.groups), plan.mean_completion_s,
                  self.last_plan["unicast_only"]["mean_completion_s"], plan.egress_bytes)
-        by_id = {m.member_id: m for m in members}
+        by_label = {m.demand.member: m for m in members}
         answers: dict[str, dict[str, Any]] = {}
         for g in plan.groups:
-            session = self._open_session(g, by_id, plan)
-            for mid in g.members:
-                m = by_id[mid]
+            session = self._open_session(g, by_label, plan)
+            for label in g.members:
+                m = by_label[label]
                 if session is None:
-                    answers[mid] = _unicast_answer(m, plan)
+                    answers[m.member_id] = _unicast_answer(m, plan)
                     continue
-                session.members[mid] = m
+                session.members[m.member_id] = m
                 session.joined += 1
                 self.metrics.multicast_members.labels("batched").inc()
-                answers[mid] = self._answer(session, m, plan, late=False)
+                answers[m.member_id] = self._answer(session, m, plan, late=False)
         for m in members:
             answers.setdefault(m.member_id, _unicast_answer(m, plan))
         self._count_members()
         return answers
 
-    def _open_session(self, g: GroupPlan, by_id: dict[str, Member], plan: DeliveryPlan) -> Session | None:
+    def _open_session(self, g: GroupPlan, by_label: dict[str, Member], plan: DeliveryPlan) -> Session | None:
         s = self.settings
         assert s.multicast_group is not None
         used = {x.slot for x in self.sessions.values() if x.state in ("waiting", "sending")}
@@ -285,7 +307,7 @@ class MulticastHub:
             log.warning("all %d multicast groups are busy: %d devices get their blocks by unicast",
                         s.multicast_groups, len(g.members))
             return None
-        refs = {b: r for mid in g.members for b, r in by_id[mid].refs.items()}
+        refs = {b: r for label in g.members for b, r in by_label[label].refs.items()}
         session = Session(
             session_id=secrets.token_bytes(8),
             slot=free[0],
@@ -294,7 +316,7 @@ class MulticastHub:
             rate=g.rate,
             piece_bytes=s.piece_bytes,
             blocks=[refs[b] for b in g.blocks],
-            model=by_id[g.members[0]].model,
+            model=by_label[g.members[0]].model,
             plan=plan.to_json(),
         )
         self.sessions[session.hex] = session
@@ -322,11 +344,12 @@ class MulticastHub:
     def _running_session_for(self, member: Member) -> Session | None:
         """The session to join late: sending blocks this member wants, no faster than it takes them."""
         best, best_bytes = None, 0
+        alone = min(member.demand.rate or math.inf, self._link_rate())
         for s in self.sessions.values():
-            if s.state not in ("waiting", "sending"):
+            if s.state not in ("waiting", "sending") or len(s.members) >= MAX_SESSION_MEMBERS:
                 continue
-            if member.demand.rate is not None and member.demand.rate < s.rate:
-                continue
+            if s.rate > alone or s.rate < _LATE_JOIN_MIN_SHARE * alone:
+                continue  # faster than the device takes, or much slower than it would get alone
             ahead = sum(r.size for r in s.blocks[s.cursor :] if r.block_id in member.refs)
             if ahead > best_bytes:
                 best, best_bytes = s, ahead
@@ -345,19 +368,19 @@ class MulticastHub:
 
     async def _send(self, session: Session) -> None:
         s = self.settings
-        if self._sock is None:
-            self._sock = open_sender(interface=s.group_interface, ttl=s.multicast_ttl)
-        pacers: list[Pacer] = [TokenBucket(session.rate)]
-        if self.egress is not None:
-            pacers.append(self.egress)
-        session.sender = SessionSender(
-            session=session.session_id, blocks=session.blocks, model=session.model, sock=self._sock,
-            address=(session.group, session.port), piece_bytes=session.piece_bytes, pacers=pacers,
-            cache=self.cache, metrics=self.metrics, drop_rate=s.multicast_test_drop,
-            still_wanted=lambda: bool(session.members),
-        )
         result = "failed"
         try:
+            if self._sock is None:
+                self._sock = open_sender(interface=s.group_interface, ttl=s.multicast_ttl)
+            pacers: list[Pacer] = [TokenBucket(session.rate)]
+            if self.egress is not None:
+                pacers.append(self.egress)
+            session.sender = SessionSender(
+                session=session.session_id, blocks=session.blocks, model=session.model, sock=self._sock,
+                address=(session.group, session.port), piece_bytes=session.piece_bytes, pacers=pacers,
+                cache=self.cache, metrics=self.metrics, drop_rate=s.multicast_test_drop,
+                still_wanted=lambda: bool(session.members),
+            )
             await asyncio.sleep(s.multicast_lead_s)  # members join the group meanwhile
             session.state = "sending"
             result = "done" if await session.sender.run() else "abandoned"
@@ -373,9 +396,10 @@ class MulticastHub:
             self.metrics.multicast_sessions.labels(result).inc()
             self.metrics.multicast_sessions_active.dec()
             self._count_members()
+            sender = session.sender
             log.info("multicast session %s %s: %d bytes to %s:%d for %d members (%d dropped by the test hook)",
-                     session.hex, result, session.sender.sent_bytes, session.group, session.port, session.joined,
-                     session.sender.dropped_bytes)
+                     session.hex, result, sender.sent_bytes if sender else 0, session.group, session.port,
+                     session.joined, sender.dropped_bytes if sender else 0)
 
     def _drop_member(self, session: Session, member_id: str) -> None:
         if session.members.pop(member_id, None) is not None:

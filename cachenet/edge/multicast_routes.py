@@ -79,9 +79,14 @@ async def join(request: web.Request) -> web.Response:
     if not all(isinstance(b, str) for b in blocks):
         raise BadInput("blocks must be block ids")
     rate = doc.get("rate")
-    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int | float)):
-        raise BadInput("rate must be a number of bytes/s")
-    return web.json_response(await hub.join(model, revision, blocks, None if rate is None else float(rate)))
+    if rate is not None:
+        try:
+            if isinstance(rate, bool) or not isinstance(rate, int | float):
+                raise TypeError
+            rate = float(rate)
+        except (TypeError, OverflowError):
+            raise BadInput("rate must be a number of bytes/s") from None
+    return web.json_response(await hub.join(model, revision, blocks, rate))
 
 
 async def session_state(request: web.Request) -> web.Response:

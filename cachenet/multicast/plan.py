@@ -222,9 +222,10 @@ class _Planner:
             members = set(c.group.members) if c.group is not None else set()
             for m, blocks in c.unicast.items():
                 own = sum(self.sizes[b] for b in blocks)
-                total = sum(self.sizes[b] for b in self.wanted[m])
+                # A group member's link carries the whole group stream, wanted or not, besides its own.
+                carried = own + (c.group.bytes if c.group is not None and m in members else 0)
                 out[m] = max(group_end if m in members else 0.0, ends(own) if own else 0.0,
-                             total / self.rate[m])
+                             carried / self.rate[m])
         return out
 
 

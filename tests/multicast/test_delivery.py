@@ -15,6 +15,8 @@ from aiohttp.test_utils import TestServer
 from cachenet.blockstore import BlockStore
 from cachenet.edge.multicast_routes import hub_key
 from cachenet.errors import UpstreamUnavailable
+from cachenet.multicast.sockets import open_sender
+from cachenet.multicast.wire import encode_piece
 from clients import PullSettings, pull
 from clients.multicast import MulticastOptions
 from registry.keys import catalogue_key
@@ -196,3 +198,41 @@ async def test_a_lone_device_is_planned_unicast_and_the_origin_offers_no_multica
     auto = await pull(name, sources=[url_of(origin_server)], store=BlockStore(tmp_path / "devices" / "auto"),
                       settings=FAST, progress=False)
     assert auto.fetched_bytes == auto.needed_bytes and auto.multicast.session is None
+
+
+async def test_forged_pieces_make_the_block_fail_verification_and_it_comes_whole_by_unicast(
+    origin_server: TestServer, edge_factory: Callable[..., Any], tmp_path: Path
+) -> None:
+    variants = await _publish_variants(origin_server, tmp_path, 2)
+    names = list(variants)
+    edge = await edge_factory(origin=origin_server, capacity_bytes=1 << 30, multicast_rate=40e6,
+                              multicast_window_s=0.3, multicast_lead_s=1.0)
+    hub = edge.app[hub_key]
+
+    async def forge() -> int:
+        """Anyone on the network can send to the group: send a wrong first piece before the real one."""
+        sent = 0
+        sock = open_sender(interface="127.0.0.1", ttl=1)
+        try:
+            while True:
+                waiting = [s for s in hub.sessions.values() if s.state == "waiting"]
+                if not waiting:
+                    if sent and not any(s.state == "waiting" for s in hub.sessions.values()):
+                        return sent
+                    await asyncio.sleep(0.01)
+                    continue
+                s = waiting[0]
+                first = s.blocks[0]
+                piece = encode_piece(s.session_id, bytes.fromhex(first.block_id), 0, 0, b"\0" * s.piece_bytes)
+                sock.sendto(piece, (s.group, s.port))
+                sent += 1
+                await asyncio.sleep(0.02)
+        finally:
+            sock.close()
+
+    forger = asyncio.create_task(forge())
+    reports = await asyncio.gather(*(_pull(edge, n, tmp_path, n.rsplit("/", 1)[-1]) for n in names))
+    assert await forger > 0
+    for name, report in zip(names, reports, strict=True):
+        assert file_hashes(tmp_path / "out" / name.rsplit("/", 1)[-1]) == _expected_files(variants[name])
+        assert report.multicast.refused_blocks == 1  # the forged block, fetched again whole
