@@ -5,9 +5,11 @@ its missing blocks (`POST /v1/multicast/join`). The node batches the devices tha
 within a short window and answers each with its share: blocks its session sends by
 multicast, blocks sent before a late joiner arrived (fetched by repair), and blocks for
 unicast. The device joins the session's group and receives pieces into partial blocks
-while the unicast blocks stream in through the ordinary fetcher. Once the sender has
-moved past a block, the pieces still missing are fetched by HTTP Range from the node
-(repair, marked with `X-Cachenet-Repair`). Every block is verified against its id and
+while the unicast blocks stream in through the ordinary fetcher. When the main pass ends
+(END datagram, or the node's session state) it reports the pieces it lacks (NACK); the
+node sends pieces that several members lack once more by multicast, and after the final
+END the pieces still missing are fetched by HTTP Range from the node (unicast repair,
+marked with `X-Cachenet-Repair`). Every block is verified against its id and
 BLAKE3 before it is committed; one that does not verify is fetched whole by unicast.
 
 Modes: `off` never asks; `auto` asks when a source announces multicast and falls back
@@ -30,6 +32,7 @@ from cachenet.errors import BadInput, BlockCorrupt, CachenetError, UpstreamUnava
 from cachenet.httpclient import raise_for_status
 from cachenet.manifest import BlockRef, ModelManifest
 from cachenet.multicast.sockets import is_loopback, open_receiver, validate_group
+from cachenet.multicast.wire import FINAL
 from clients.fetch import BlockFetcher
 from clients.multicast_receiver import IncomingBlock, SessionReceiver
 
@@ -237,7 +240,9 @@ class _SessionRun:
         self.cursor = 0 if not answer.get("late") else int(s.get("cursor", 0))
         self.joined_at = self.cursor
         self.ended = False  # the node says the session is over (or cannot be asked any more)
-        self.end_seen = False  # the END datagram arrived: every piece sent is behind us
+        self.final_seen = False  # the final END datagram arrived: every piece sent is behind us
+        self.main_over = False  # the main pass ended: time to report losses
+        self.nack: asyncio.Task[None] | None = None
         self.changed = asyncio.Event()
         self.failure: BaseException | None = None
         self.finishing: set[str] = set()
@@ -291,11 +296,13 @@ class _SessionRun:
         finishers: list[asyncio.Task[None]] = []
         try:
             while True:
+                if self.main_over and self.nack is None:
+                    self.nack = asyncio.create_task(self._send_nack(), name="multicast: NACK")
                 for block in list(self.incoming.values()):
                     key = block.ref.block_id
                     if key in self.finishing:
                         continue
-                    if block.missing == 0 or self._passed(block):
+                    if block.missing == 0 or self._settled():
                         self.finishing.add(key)
                         finishers.append(asyncio.create_task(self._finish(block)))
                 if self.failure is not None:
@@ -306,30 +313,56 @@ class _SessionRun:
                 await self.changed.wait()
             await asyncio.gather(*finishers, *repairs, unicast)
         finally:
-            poller.cancel()
-            for t in [*finishers, *repairs, unicast]:
+            extra = [poller] if self.nack is None else [poller, self.nack]
+            for t in [*extra, *finishers, *repairs, unicast]:
                 t.cancel()
-            await asyncio.gather(poller, *finishers, *repairs, unicast, return_exceptions=True)
+            await asyncio.gather(*extra, *finishers, *repairs, unicast, return_exceptions=True)
 
-    def _passed(self, block: IncomingBlock) -> bool:
-        """Whether the sender is beyond `block`: what it lacks now will not come by multicast.
+    def _settled(self) -> bool:
+        """Whether nothing more will come by multicast: what blocks lack now comes by unicast repair.
 
-        Datagrams arrive in the order they were sent, so one of a later block (or END)
-        settles it at once; the node's word settles it once the socket has gone quiet.
+        The final END datagram settles it at once; the node's word that the session is over
+        settles it once the socket has gone quiet (datagrams may still wait in it).
         """
         receiver = self.receiver
         assert receiver is not None
-        if self.end_seen or block.seq < receiver.highest_seq:
+        if self.final_seen:
             return True
-        quiet = time.monotonic() - receiver.last_datagram_at >= _QUIET_S
-        return quiet and (self.ended or block.seq < self.cursor)
+        return self.ended and time.monotonic() - receiver.last_datagram_at >= _QUIET_S
 
     def _on_event(self, kind: str, value: object) -> None:
-        if kind in ("end", "socket"):
-            self.end_seen = True  # nothing more will arrive: repair what is missing
+        if kind == "end" and isinstance(value, int):
+            if value & FINAL:
+                self.final_seen = True
+            else:
+                self.main_over = True
+        elif kind == "socket":
+            self.final_seen = True  # nothing more will arrive: repair what is missing
         elif kind == "error" and isinstance(value, BaseException):
             self.failure = value
         self.changed.set()
+
+    async def _send_nack(self) -> None:
+        """Report the pieces lacking after the main pass; the node may send them again by multicast."""
+        missing: list[list[int]] = []
+        for block in self.incoming.values():
+            if block.missing == 0 or block.ref.block_id in self.finishing:
+                continue
+            runs = block.missing_runs()
+            block.lost_in_main_pass = sum(min(hi * block.piece_bytes, block.ref.size) - lo * block.piece_bytes
+                                          for lo, hi in runs)
+            missing.extend([block.seq, lo, hi] for lo, hi in runs)
+        if not missing:
+            return
+        body = {"member": self.member, "missing": missing}
+        try:
+            async with self.fetcher.pool.session.post(
+                f"{self.node}/v1/multicast/sessions/{self.session_hex}/nack", json=body,
+                timeout=aiohttp.ClientTimeout(total=5),
+            ) as resp:
+                await raise_for_status(resp)
+        except (aiohttp.ClientError, TimeoutError, OSError, CachenetError) as e:
+            log.info("could not report losses to %s (%s); they will be repaired by unicast", self.node, e)
 
     async def _poll(self) -> None:
         """Follow the session's state: END datagrams can be lost too, and a group may carry nothing at all."""
@@ -358,6 +391,8 @@ class _SessionRun:
                             self.options.idle_timeout_s)
                 self.ended = True
             self.cursor = max(self.cursor, cursor)
+            if state == "repairing":
+                self.main_over = True
             if state in _FINISHED_STATES:
                 self.ended = True
 
@@ -367,10 +402,11 @@ class _SessionRun:
         ref = block.ref
         holes = block.holes()
         missed = sum(b - a for a, b in holes)
+        lost = block.lost_in_main_pass if block.lost_in_main_pass is not None else missed
         # A late joiner's first block was partly sent before it joined: that is not loss.
         if not (self.answer.get("late") and block.seq == self.joined_at):
             self.expected_bytes += ref.size
-            self.missed_bytes += missed
+            self.missed_bytes += lost
         if missed:
             log.debug("block %s (seq %d): %d of %d bytes lost in %d holes; repairing", ref.block_id, block.seq,
                       missed, ref.size, len(holes))

@@ -36,27 +36,32 @@ class IncomingBlock:
     missing: int = field(init=False)
     received_bytes: int = 0
     closed: bool = False
+    lost_in_main_pass: int | None = None  # bytes missing when the main pass ended (reported by NACK)
 
     def __post_init__(self) -> None:
         pieces = -(-self.ref.size // self.piece_bytes)
         self.have = bytearray(pieces)
         self.missing = pieces
 
-    def holes(self) -> list[tuple[int, int]]:
-        """Byte ranges [start, end) not received, adjacent pieces merged."""
+    def missing_runs(self) -> list[tuple[int, int]]:
+        """Runs [first, end) of piece indices not received."""
         out: list[tuple[int, int]] = []
         for i, got in enumerate(self.have):
             if got:
                 continue
-            start, end = i * self.piece_bytes, min((i + 1) * self.piece_bytes, self.ref.size)
-            if out and out[-1][1] == start:
-                out[-1] = (out[-1][0], end)
+            if out and out[-1][1] == i:
+                out[-1] = (out[-1][0], i + 1)
             else:
-                out.append((start, end))
+                out.append((i, i + 1))
         return out
 
+    def holes(self) -> list[tuple[int, int]]:
+        """Byte ranges [start, end) not received, adjacent pieces merged."""
+        size, piece = self.ref.size, self.piece_bytes
+        return [(lo * piece, min(hi * piece, size)) for lo, hi in self.missing_runs()]
 
-# What the thread reports to the loop: ("complete", block), ("passed", seq), ("end", blocks sent),
+
+# What the thread reports to the loop: ("complete", block), ("passed", seq), ("end", flags),
 # ("socket", error): nothing more will arrive, ("error", error): a piece could not be stored.
 Event = tuple[str, object]
 
@@ -130,7 +135,7 @@ class SessionReceiver:
             self.last_datagram_at = time.monotonic()
             self.datagrams += 1
             if d.kind == END:
-                self._emit("end", d.seq)
+                self._emit("end", d.flags)
                 continue
             if d.seq > self.highest_seq:
                 self.highest_seq = d.seq

@@ -26,9 +26,16 @@ from cachenet.blockid import BlockHasher, validate_blake3, validate_block_id
 from cachenet.blockstore import BlockStore, BlockWriter
 from cachenet.deviceapi import BLAKE3_HEADER, ONLY_IF_CACHED_HEADER, BlockHandle, LocalBlock
 from cachenet.edge.config import EdgeSettings
-from cachenet.flight import Flight
 from cachenet.edge.metrics import EdgeMetrics
-from cachenet.errors import BadInput, BlockCorrupt, BlockNotFound, CachenetError, CapacityExceeded, UpstreamUnavailable
+from cachenet.errors import (
+    BadInput,
+    BlockCorrupt,
+    BlockNotFound,
+    CachenetError,
+    CapacityExceeded,
+    UpstreamUnavailable,
+)
+from cachenet.flight import Flight
 from cachenet.manifest import BlockRef, ModelManifest
 from placement.replacement import ReplacementPolicy, make_policy
 

@@ -53,6 +53,7 @@ class EdgeSettings:
     multicast_rate: float = 25e6
     multicast_window_s: float = 0.1
     multicast_lead_s: float = 0.2
+    multicast_nack_window_s: float = 0.3  # after the main pass, how long members may report losses
     multicast_piece_bytes: int | None = None  # default: 16 KiB on loopback, else 1400 (one Ethernet frame)
     multicast_test_drop: float = 0.0  # test hook: the share of datagrams the sender drops on purpose
 
@@ -88,7 +89,8 @@ class EdgeSettings:
                 ipaddress.IPv4Address(self.multicast_interface)
             except ValueError:
                 raise BadInput(f"multicast interface {self.multicast_interface!r}: give its IPv4 address") from None
-        if self.multicast_rate <= 0 or self.multicast_window_s < 0 or self.multicast_lead_s < 0:
+        if self.multicast_rate <= 0 or min(self.multicast_window_s, self.multicast_lead_s,
+                                           self.multicast_nack_window_s) < 0:
             raise BadInput("multicast rate must be positive, window and lead time not negative")
         if self.multicast_piece_bytes is not None and not 512 <= self.multicast_piece_bytes <= 65000:
             raise BadInput(f"multicast piece size must be 512-65000 bytes, got {self.multicast_piece_bytes}")

@@ -39,8 +39,8 @@ from cachenet.errors import (
     UpstreamUnavailable,
 )
 from cachenet.flight import Flight
-from cachenet.httpclient import raise_for_status
 from cachenet.httpbody import read_body
+from cachenet.httpclient import raise_for_status
 from cachenet.knowledge import (
     MAX_QUERY_BODY_BYTES,
     IndexInfo,

@@ -37,7 +37,9 @@ class EdgeMetrics:
         )
         self.scrubbed_bytes = Counter("cachenet_edge_scrubbed_bytes", "Bytes re-verified by the scrubber", registry=r)
         self.egress_bytes = Counter(
-            "cachenet_edge_egress_bytes", "Block bytes sent, by how (unicast, repair, multicast)", ["kind"], registry=r
+            "cachenet_edge_egress_bytes",
+            "Block bytes sent, by how (unicast, repair = unicast repair, multicast, multicast_repair)", ["kind"],
+            registry=r
         )
         self.multicast_sessions = Counter(
             "cachenet_edge_multicast_sessions", "Multicast sessions by how they ended (done, abandoned, failed)",
@@ -57,8 +59,12 @@ class EdgeMetrics:
             "cachenet_edge_multicast_datagrams", "Datagrams sent to multicast groups", registry=r
         )
         self.multicast_dropped_bytes = Counter(
-            "cachenet_edge_multicast_test_dropped_bytes", "Block bytes the sender dropped on purpose (test hook)",
+            "cachenet_edge_multicast_test_dropped_bytes",
+            "Block bytes the sender dropped on purpose (test hook), by pass (multicast, multicast_repair)", ["kind"],
             registry=r,
+        )
+        self.multicast_nacks = Counter(
+            "cachenet_edge_multicast_nacks", "Loss reports (NACKs) members sent after a session's main pass", registry=r
         )
         self.multicast_expected_bytes = Counter(
             "cachenet_edge_multicast_reported_expected_bytes", "Bytes members were to receive by multicast (reported)",

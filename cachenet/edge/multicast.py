@@ -7,6 +7,10 @@ every member learns which of its blocks come by multicast, and fetches the rest 
 unicast. A join that arrives while a session is sending blocks it wants becomes a late
 member of that session: it gets the blocks still to come by multicast and the ones
 already sent by repair. A session whose members all left stops.
+
+After the main pass the members report the pieces they lack (NACK); pieces that two or
+more members lack are sent once more by multicast (one repair pass), and each member
+fetches what it still lacks by HTTP Range (unicast repair).
 """
 
 import asyncio
@@ -15,6 +19,7 @@ import math
 import secrets
 import socket
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -44,6 +49,8 @@ MIN_RATE: Final = 10_000.0
 _RATE_STEP: Final = 2**0.5
 # A late joiner joins a session sending at least this share of the rate it could get alone.
 _LATE_JOIN_MIN_SHARE: Final = 0.5
+# States in which a session still sends (its group address is taken).
+LIVE_STATES: Final = ("waiting", "sending", "repairing")
 
 
 @dataclass(slots=True)
@@ -76,6 +83,8 @@ class Session:
     created_at: float = field(default_factory=time.monotonic)
     ended_at: float | None = None
     joined: int = 0
+    nacks: Counter[tuple[int, int]] = field(default_factory=Counter)
+    nacked: set[str] = field(default_factory=set)
 
     @property
     def hex(self) -> str:
@@ -301,7 +310,7 @@ class MulticastHub:
     def _open_session(self, g: GroupPlan, by_label: dict[str, Member], plan: DeliveryPlan) -> Session | None:
         s = self.settings
         assert s.multicast_group is not None
-        used = {x.slot for x in self.sessions.values() if x.state in ("waiting", "sending")}
+        used = {x.slot for x in self.sessions.values() if x.state in LIVE_STATES}
         free = [i for i in range(s.multicast_groups) if i not in used]
         if not free:
             log.warning("all %d multicast groups are busy: %d devices get their blocks by unicast",
@@ -383,7 +392,7 @@ class MulticastHub:
             )
             await asyncio.sleep(s.multicast_lead_s)  # members join the group meanwhile
             session.state = "sending"
-            result = "done" if await session.sender.run() else "abandoned"
+            result = "done" if await self._send_passes(session, session.sender) else "abandoned"
         except asyncio.CancelledError:
             result = "abandoned"
             raise
@@ -401,13 +410,55 @@ class MulticastHub:
                      session.hex, result, sender.sent_bytes if sender else 0, session.group, session.port,
                      session.joined, sender.dropped_bytes if sender else 0)
 
+    async def _send_passes(self, session: Session, sender: SessionSender) -> bool:
+        """The main pass, then one repair pass of the pieces several members lack."""
+        if not await sender.run():
+            return False
+        session.state = "repairing"  # before END: members answer it with their NACK at once
+        await sender.end(final=False)
+        await asyncio.sleep(self.settings.multicast_nack_window_s)  # members report what they lack
+        wanted: dict[int, list[int]] = {}
+        for (seq, piece), n in session.nacks.items():
+            if n >= 2:  # lacked by one member only: its own unicast repair costs the same
+                wanted.setdefault(seq, []).append(piece)
+        if wanted:
+            log.info("multicast session %s: %d members reported losses; resending %d pieces", session.hex,
+                     len(session.nacked), sum(len(v) for v in wanted.values()))
+            if not await sender.resend(wanted):
+                return False
+        await sender.end(final=True)
+        return True
+
+    def nack(self, session_hex: str, member_id: str, missing: Sequence[Sequence[int]]) -> dict[str, Any]:
+        """A member's report of the pieces it lacks after the main pass: [[block seq, first piece, end piece], ...]."""
+        session = self.session(session_hex)
+        if member_id not in session.members:
+            raise NotFound(f"{member_id[:32]!r} is not a member of session {session_hex}")
+        counted: set[tuple[int, int]] = set()
+        for entry in missing:
+            if len(entry) != 3 or not all(type(x) is int for x in entry):
+                raise BadInput("each missing entry is [block seq, first piece, end piece]")
+            seq, lo, hi = entry
+            if not 0 <= seq < len(session.blocks):
+                raise BadInput(f"block seq {seq} is not in this session")
+            pieces = -(-session.blocks[seq].size // session.piece_bytes)
+            if not 0 <= lo < hi <= pieces:
+                raise BadInput(f"pieces [{lo}, {hi}) are outside block {seq}'s {pieces} pieces")
+            counted.update((seq, i) for i in range(lo, hi))
+        accepted = session.state == "repairing" and member_id not in session.nacked
+        if accepted:
+            session.nacked.add(member_id)
+            session.nacks.update(counted)
+            self.metrics.multicast_nacks.inc()
+        return {**session.to_json(), "accepted": accepted}
+
     def _drop_member(self, session: Session, member_id: str) -> None:
         if session.members.pop(member_id, None) is not None:
             self._count_members()
 
     def _count_members(self) -> None:
         self.metrics.multicast_members_active.set(
-            sum(len(s.members) for s in self.sessions.values() if s.state in ("waiting", "sending"))
+            sum(len(s.members) for s in self.sessions.values() if s.state in LIVE_STATES)
         )
 
     def _forget_old(self) -> None:

@@ -3,6 +3,7 @@
     GET  /v1/multicast                              groups, port, interface, sessions under way
     POST /v1/multicast/join                         {"model", "revision", "blocks": [...], "rate"?}
     GET  /v1/multicast/sessions/{session}           state and sender progress (members poll it)
+    POST /v1/multicast/sessions/{session}/nack      {"member", "missing": [[block seq, first piece, end piece]]}
     POST /v1/multicast/sessions/{session}/leave     {"member", "expected_bytes", "missed_bytes"}
 """
 
@@ -26,8 +27,8 @@ _SESSION_RE: Final = re.compile(r"^[0-9a-f]{16}\Z")
 _MEMBER_RE: Final = re.compile(r"^[0-9a-f]{16}\Z")
 _SESSION_SCHEMA: Final[dict[str, Any]] = {
     "type": "object", "required": ["session", "state", "group", "port", "cursor", "blocks"],
-    "properties": {"session": {"type": "string"}, "state": {"enum": ["waiting", "sending", "done", "abandoned",
-                                                                      "failed"]},
+    "properties": {"session": {"type": "string"}, "state": {"enum": ["waiting", "sending", "repairing", "done",
+                                                                      "abandoned", "failed"]},
                    "group": {"type": "string"}, "port": {"type": "integer"}, "cursor": {"type": "integer"},
                    "blocks": {"type": "integer"}, "members": {"type": "integer"}},
 }
@@ -49,6 +50,10 @@ def add_multicast_routes(app: web.Application, doc: ApiDoc) -> None:
               body={"application/json": {"schema": _JOIN_BODY}},
               schema={"type": "object", "required": ["member", "session", "multicast", "repair", "unicast"]})
     doc.route(r, "GET", "/v1/multicast/sessions/{session}", session_state, summary="A session's state and progress",
+              schema=_SESSION_SCHEMA)
+    doc.route(r, "POST", "/v1/multicast/sessions/{session}/nack", nack,
+              summary="Report the pieces lacking after the main pass (sent again by multicast when several lack them)",
+              body={"application/json": {"schema": {"type": "object", "required": ["member", "missing"]}}},
               schema=_SESSION_SCHEMA)
     doc.route(r, "POST", "/v1/multicast/sessions/{session}/leave", leave,
               summary="Leave a session, reporting the multicast bytes expected and lost",
@@ -94,19 +99,35 @@ async def session_state(request: web.Request) -> web.Response:
     return web.json_response(_hub(request).session(_session_id(request)).to_json())
 
 
+async def nack(request: web.Request) -> web.Response:
+    """POST /v1/multicast/sessions/{session}/nack."""
+    hub = _hub(request)
+    session = _session_id(request)
+    doc = await _json_object(request)
+    missing = _field(doc, "missing", list)
+    if not all(isinstance(e, list) for e in missing):
+        raise BadInput("missing must be a list of [block seq, first piece, end piece]")
+    return web.json_response(hub.nack(session, _member(doc), missing))
+
+
 async def leave(request: web.Request) -> web.Response:
     """POST /v1/multicast/sessions/{session}/leave."""
     hub = _hub(request)
     session = _session_id(request)
     doc = await _json_object(request)
-    member = _field(doc, "member", str)
-    if not _MEMBER_RE.match(member):
-        raise BadInput("member must be the 16 hex digits the join answered")
+    member = _member(doc)
     expected, missed = doc.get("expected_bytes", 0), doc.get("missed_bytes", 0)
     for v in (expected, missed):
         if isinstance(v, bool) or not isinstance(v, int):
             raise BadInput("expected_bytes and missed_bytes must be integers")
     return web.json_response(hub.leave(session, member, expected_bytes=expected, missed_bytes=missed))
+
+
+def _member(doc: dict[str, Any]) -> str:
+    member = _field(doc, "member", str)
+    if not _MEMBER_RE.match(member):
+        raise BadInput("member must be the 16 hex digits the join answered")
+    return str(member)
 
 
 def _session_id(request: web.Request) -> str:

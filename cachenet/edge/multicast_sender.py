@@ -1,7 +1,7 @@
-"""Sending one multicast session: its blocks in order, cut into datagrams, paced.
+"""Sending one multicast session: its blocks in order, cut into datagrams, paced; then repair passes.
 
 The session's own rate (its slowest member's) and the node's egress limit both pace
-it; a session whose members all left stops at the next block.
+it; a session whose members all left stops at the next burst.
 """
 
 import asyncio
@@ -9,10 +9,10 @@ import logging
 import os
 import random
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Final
 
-from cachenet.deviceapi import LocalBlock
+from cachenet.deviceapi import BlockHandle, LocalBlock
 from cachenet.edge.cache import EdgeCache
 from cachenet.edge.metrics import EdgeMetrics
 from cachenet.manifest import BlockRef
@@ -61,11 +61,34 @@ class SessionSender:
         self.dropped_bytes = 0
 
     async def run(self) -> bool:
-        """Send every block, then END; False when stopped early because nobody was left."""
+        """The main pass: every block in order (END is the caller's); False when stopped because nobody was left."""
         for seq, ref in enumerate(self.blocks):
             self.cursor = seq
-            raw_id = bytes.fromhex(ref.block_id)
-            async for offset, data in self._read(ref):
+            if not await self._send_ranges(seq, ref, [(0, ref.size)], "multicast"):
+                return False
+        self.cursor = len(self.blocks)
+        return True
+
+    async def resend(self, pieces: Mapping[int, Sequence[int]]) -> bool:
+        """A repair pass: the pieces (block seq → piece indices) that members reported lost."""
+        for seq in sorted(pieces):
+            ref = self.blocks[seq]
+            ranges = [(lo * self.piece_bytes, min(hi * self.piece_bytes, ref.size)) for lo, hi in _runs(pieces[seq])]
+            if not await self._send_ranges(seq, ref, ranges, "multicast_repair"):
+                return False
+        return True
+
+    async def end(self, *, final: bool) -> None:
+        """Send END a few times (it may be lost like any datagram)."""
+        for _ in range(_END_REPEATS):
+            await self._sendto(encode_end(self.session, len(self.blocks), final=final))
+            await asyncio.sleep(0.01)
+
+    async def _send_ranges(self, seq: int, ref: BlockRef, ranges: Sequence[tuple[int, int]], kind: str) -> bool:
+        raw_id = bytes.fromhex(ref.block_id)
+        handle = await self.cache.open_block(ref.block_id, blake3=ref.blake3, model=self.model)
+        for start, end in ranges:
+            async for offset, data in self._read(handle, start, end):
                 view = memoryview(data)
                 for lo in range(0, len(view), self._burst):
                     if not self.still_wanted():
@@ -74,21 +97,16 @@ class SessionSender:
                     for pace in self.pacers:
                         await pace(len(burst))
                     for p in range(0, len(burst), self.piece_bytes):
-                        piece = burst[p : p + self.piece_bytes]
-                        await self._send_piece(raw_id, seq, offset + lo + p, piece)
-        self.cursor = len(self.blocks)
-        for _ in range(_END_REPEATS):
-            await self._sendto(encode_end(self.session, len(self.blocks)))
-            await asyncio.sleep(0.01)
+                        await self._send_piece(raw_id, seq, offset + lo + p, burst[p : p + self.piece_bytes], kind)
         return True
 
-    async def _send_piece(self, raw_id: bytes, seq: int, offset: int, piece: memoryview) -> None:
+    async def _send_piece(self, raw_id: bytes, seq: int, offset: int, piece: memoryview, kind: str) -> None:
         n = len(piece)
         self.sent_bytes += n
-        self.metrics.egress_bytes.labels("multicast").inc(n)
+        self.metrics.egress_bytes.labels(kind).inc(n)
         if self.drop_rate and self._drop.random() < self.drop_rate:
             self.dropped_bytes += n
-            self.metrics.multicast_dropped_bytes.inc(n)
+            self.metrics.multicast_dropped_bytes.labels(kind).inc(n)
             return
         await self._sendto(encode_piece(self.session, raw_id, seq, offset, piece))
         self.metrics.multicast_datagrams.inc()
@@ -101,28 +119,38 @@ class SessionSender:
             except BlockingIOError:
                 await asyncio.sleep(0.001)  # the socket's send buffer is full: let it drain
 
-    async def _read(self, ref: BlockRef) -> AsyncIterator[tuple[int, bytes]]:
-        """The block's bytes in piece-aligned chunks, from the store or as they arrive upstream."""
-        handle = await self.cache.open_block(ref.block_id, blake3=ref.blake3, model=self.model)
+    async def _read(self, handle: BlockHandle, start: int, end: int) -> AsyncIterator[tuple[int, bytes]]:
+        """Bytes [start, end) of a block in piece-aligned chunks, from the store or as they arrive upstream."""
         if isinstance(handle, LocalBlock):
             fd = await asyncio.to_thread(os.open, handle.path, os.O_RDONLY)
             try:
-                for offset in range(0, handle.size, self._read_bytes):
-                    want = min(self._read_bytes, handle.size - offset)
+                for offset in range(start, end, self._read_bytes):
+                    want = min(self._read_bytes, end - offset)
                     data = await asyncio.to_thread(os.pread, fd, want, offset)
                     if len(data) != want:
-                        raise OSError(f"block {ref.block_id} ended early on disk")
+                        raise OSError(f"{handle.path} ended early on disk")
                     yield offset, data
             finally:
                 os.close(fd)
             return
-        pending, start = bytearray(), 0
-        async for chunk in handle.iter_range(0, handle.size):
+        pending, position = bytearray(), start
+        async for chunk in handle.iter_range(start, end):
             pending += chunk
             whole = len(pending) - len(pending) % self.piece_bytes
             if whole >= self._read_bytes:
-                yield start, bytes(pending[:whole])
+                yield position, bytes(pending[:whole])
                 del pending[:whole]
-                start += whole
+                position += whole
         if pending:
-            yield start, bytes(pending)
+            yield position, bytes(pending)
+
+
+def _runs(indices: Sequence[int]) -> list[tuple[int, int]]:
+    """Sorted piece indices as runs [lo, hi)."""
+    out: list[tuple[int, int]] = []
+    for i in sorted(set(indices)):
+        if out and out[-1][1] == i:
+            out[-1] = (out[-1][0], i + 1)
+        else:
+            out.append((i, i + 1))
+    return out

@@ -5,8 +5,11 @@ Every datagram starts with a fixed 56-byte header, network byte order:
     magic "CNM1" | kind u8 | flags u8 | reserved u16 | session 8 bytes | block id 16 bytes
     | block seq u32 | offset u64 | length u32 | checksum u64 (XXH3-64 of the payload)
 
-`kind` is PIECE (the payload is bytes [offset, offset+length) of the block) or END (the
-session sent its last piece; `seq` is the number of blocks it sent). `seq` is the
+`kind` is PIECE (the payload is bytes [offset, offset+length) of the block) or END (a
+pass over the session's blocks is over; `seq` is the number of blocks it sent). The
+first END closes the main pass: members then report the pieces they lack (NACK) and the
+node sends pieces that several members lack once more, by multicast, before an END with
+flag FINAL (nothing more will come). `seq` is the
 block's position in the session's sending order, so a receiver that sees seq k knows
 the blocks before k are behind the sender. The checksum only catches damaged
 datagrams: receivers still verify every whole block against its id and BLAKE3.
@@ -22,6 +25,7 @@ __all__ = (
     "BadDatagram",
     "Datagram",
     "END",
+    "FINAL",
     "HEADER_BYTES",
     "MAX_DATAGRAM_BYTES",
     "PIECE",
@@ -33,6 +37,7 @@ __all__ = (
 MAGIC: Final = b"CNM1"
 PIECE: Final = 1
 END: Final = 2
+FINAL: Final = 1  # END flag: the session sends nothing more
 _HEADER: Final = struct.Struct("!4sBBH8s16sIQIQ")
 HEADER_BYTES: Final = _HEADER.size
 MAX_DATAGRAM_BYTES: Final = 65507  # the largest UDP payload over IPv4
@@ -47,6 +52,7 @@ class Datagram:
     """A decoded datagram; `payload` is a view into the receive buffer."""
 
     kind: int
+    flags: int
     session: bytes
     block_id: bytes
     seq: int
@@ -61,16 +67,17 @@ def encode_piece(session: bytes, block_id: bytes, seq: int, offset: int, payload
     return header + payload
 
 
-def encode_end(session: bytes, blocks_sent: int) -> bytes:
-    """The END datagram of a session that sent `blocks_sent` blocks."""
-    return _HEADER.pack(MAGIC, END, 0, 0, session, bytes(16), blocks_sent, 0, 0, xxhash.xxh3_64_intdigest(b""))
+def encode_end(session: bytes, blocks_sent: int, *, final: bool) -> bytes:
+    """The END datagram of a pass over `blocks_sent` blocks; `final` when nothing more follows."""
+    return _HEADER.pack(MAGIC, END, FINAL if final else 0, 0, session, bytes(16), blocks_sent, 0, 0,
+                        xxhash.xxh3_64_intdigest(b""))
 
 
 def decode(buf: memoryview) -> Datagram:
     """Parse and check a received datagram; raises `BadDatagram`."""
     if len(buf) < HEADER_BYTES:
         raise BadDatagram(f"{len(buf)} bytes is shorter than the {HEADER_BYTES}-byte header")
-    magic, kind, _flags, _reserved, session, block_id, seq, offset, length, checksum = _HEADER.unpack_from(buf)
+    magic, kind, flags, _reserved, session, block_id, seq, offset, length, checksum = _HEADER.unpack_from(buf)
     if magic != MAGIC or kind not in (PIECE, END):
         raise BadDatagram("not a cachenet multicast datagram")
     payload = buf[HEADER_BYTES:]
@@ -78,4 +85,4 @@ def decode(buf: memoryview) -> Datagram:
         raise BadDatagram(f"header says {length} payload bytes, the datagram has {len(payload)}")
     if xxhash.xxh3_64_intdigest(payload) != checksum:
         raise BadDatagram("payload checksum mismatch")
-    return Datagram(kind, session, block_id, seq, offset, payload)
+    return Datagram(kind, flags, session, block_id, seq, offset, payload)

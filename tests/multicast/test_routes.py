@@ -1,5 +1,6 @@
 """The multicast routes refuse bad input with clear errors and change nothing."""
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,33 @@ async def test_sessions_and_members_are_validated(edge: TestServer, origin_serve
     assert status == 404
     status, doc = await _post(f"{base}/v1/multicast/sessions/{'b' * 16}/leave", {"member": "../x"})
     assert status == 422
+    status, doc = await _post(f"{base}/v1/multicast/sessions/{'b' * 16}/nack", {"member": "c" * 16, "missing": []})
+    assert status == 404
+    status, doc = await _post(f"{base}/v1/multicast/sessions/{'b' * 16}/nack", {"member": "c" * 16, "missing": [5]})
+    assert status == 422 and "missing" in doc["message"]
+
+
+@pytest.mark.parametrize(
+    ("missing", "words"),
+    [([[99, 0, 1]], "not in this session"), ([[0, 0, 10**9]], "outside"), ([[0, 3, 3]], "outside"),
+     ([[0, 0]], "each missing entry"), ([[0, "a", 1]], "each missing entry"), ([[0, -1, 1]], "outside")],
+)
+async def test_nacks_are_validated_against_the_session(
+    edge: TestServer, origin_server: TestServer, edge_factory: Callable[..., Any], missing: list[list[object]],
+    words: str
+) -> None:
+    edge = await edge_factory(origin=origin_server, multicast_window_s=0.3)  # both joins in one batch
+    hub = edge.app[hub_key]
+    manifest = origin_server.app[catalogue_key].manifest(REAL_MODEL_NAME)
+    blocks = list(manifest.unique_blocks())[:3]
+    first, second = await asyncio.gather(*(hub.join("org/lora", "main", blocks, None) for _ in range(2)))
+    session = first["session"]["session"]
+    status, doc = await _post(f"{url_of(edge)}/v1/multicast/sessions/{session}/nack",
+                              {"member": first["member"], "missing": missing})
+    assert status == 422 and words in doc["message"], doc
+    assert not hub.session(session).nacks
+    hub.leave(session, first["member"], expected_bytes=0, missed_bytes=0)
+    hub.leave(session, second["member"], expected_bytes=0, missed_bytes=0)
 
 
 async def test_a_node_without_multicast_says_so(

@@ -6,6 +6,7 @@ from cachenet.errors import BadInput
 from cachenet.multicast.sockets import group_address, validate_group
 from cachenet.multicast.wire import (
     END,
+    FINAL,
     HEADER_BYTES,
     PIECE,
     BadDatagram,
@@ -25,8 +26,9 @@ def test_a_piece_round_trips() -> None:
 
 
 def test_an_end_round_trips() -> None:
-    d = decode(memoryview(encode_end(SESSION, 42)))
-    assert (d.kind, d.session, d.seq, len(d.payload)) == (END, SESSION, 42, 0)
+    d = decode(memoryview(encode_end(SESSION, 42, final=False)))
+    assert (d.kind, d.flags, d.session, d.seq, len(d.payload)) == (END, 0, SESSION, 42, 0)
+    assert decode(memoryview(encode_end(SESSION, 42, final=True))).flags == FINAL
 
 
 @pytest.mark.parametrize(
