@@ -376,7 +376,14 @@ def parse_query(doc: object, *, dims: int | None = None) -> QueryInfo:
             isinstance(x, int | float) and not isinstance(x, bool) for x in embedding
         ):
             raise BadInput("'embedding' must be a list of numbers")
-        vec = np.asarray(embedding, dtype=np.float32)
+        try:
+            wide = np.asarray(embedding, dtype=np.float64)
+        except OverflowError:
+            raise BadInput("'embedding' values must be finite float32 numbers") from None
+        # Beyond float32's range the cast would overflow to inf (issue #9's schemathesis run found 1e300).
+        if not np.all(np.isfinite(wide)) or (wide.size and np.abs(wide).max() > np.finfo(np.float32).max):
+            raise BadInput("'embedding' values must be finite float32 numbers")
+        vec = wide.astype(np.float32)
         if dims is not None and vec.shape != (dims,):
             raise BadInput(f"'embedding' has {vec.shape[0]} dims; the collection has {dims}")
         norm = float(np.linalg.norm(vec))
