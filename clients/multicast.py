@@ -46,6 +46,8 @@ _LEAVE_TIMEOUT_S: Final = 3.0
 # The session state the node reports runs ahead of the datagrams still queued in this
 # device's socket: it closes a block only after the socket has been quiet this long.
 _QUIET_S: Final = 0.5
+# Likewise before a NACK sent on the node's word rather than on the END datagram.
+_NACK_QUIET_S: Final = 0.1
 
 Progress = Callable[[int], object]
 
@@ -241,8 +243,10 @@ class _SessionRun:
         self.joined_at = self.cursor
         self.ended = False  # the node says the session is over (or cannot be asked any more)
         self.final_seen = False  # the final END datagram arrived: every piece sent is behind us
-        self.main_over = False  # the main pass ended: time to report losses
-        self.nack: asyncio.Task[None] | None = None
+        self.round_seen = 0  # the latest repair round an END datagram opened: time to report losses
+        self.round_polled = 0  # the latest the node reported (its END may still wait in the socket)
+        self.round_nacked = 0
+        self.nacks: list[asyncio.Task[None]] = []
         self.changed = asyncio.Event()
         self.failure: BaseException | None = None
         self.finishing: set[str] = set()
@@ -296,8 +300,10 @@ class _SessionRun:
         finishers: list[asyncio.Task[None]] = []
         try:
             while True:
-                if self.main_over and self.nack is None:
-                    self.nack = asyncio.create_task(self._send_nack(), name="multicast: NACK")
+                due = max(self.round_seen, self.round_polled if self._quiet(_NACK_QUIET_S) else 0)
+                if due > self.round_nacked and not self.final_seen:
+                    self.round_nacked = due
+                    self.nacks.append(asyncio.create_task(self._send_nack(due), name=f"multicast: NACK {due}"))
                 for block in list(self.incoming.values()):
                     key = block.ref.block_id
                     if key in self.finishing:
@@ -313,7 +319,7 @@ class _SessionRun:
                 await self.changed.wait()
             await asyncio.gather(*finishers, *repairs, unicast)
         finally:
-            extra = [poller] if self.nack is None else [poller, self.nack]
+            extra = [poller, *self.nacks]
             for t in [*extra, *finishers, *repairs, unicast]:
                 t.cancel()
             await asyncio.gather(*extra, *finishers, *repairs, unicast, return_exceptions=True)
@@ -324,37 +330,42 @@ class _SessionRun:
         The final END datagram settles it at once; the node's word that the session is over
         settles it once the socket has gone quiet (datagrams may still wait in it).
         """
-        receiver = self.receiver
-        assert receiver is not None
         if self.final_seen:
             return True
-        return self.ended and time.monotonic() - receiver.last_datagram_at >= _QUIET_S
+        return self.ended and self._quiet(_QUIET_S)
+
+    def _quiet(self, seconds: float) -> bool:
+        """No datagram of this session for `seconds`: whatever was queued in the socket has been read."""
+        assert self.receiver is not None
+        return time.monotonic() - self.receiver.last_datagram_at >= seconds
 
     def _on_event(self, kind: str, value: object) -> None:
-        if kind == "end" and isinstance(value, int):
-            if value & FINAL:
+        if kind == "end" and isinstance(value, tuple):
+            flags, repair_round = value
+            if flags & FINAL:
                 self.final_seen = True
             else:
-                self.main_over = True
+                self.round_seen = max(self.round_seen, repair_round)
         elif kind == "socket":
             self.final_seen = True  # nothing more will arrive: repair what is missing
         elif kind == "error" and isinstance(value, BaseException):
             self.failure = value
         self.changed.set()
 
-    async def _send_nack(self) -> None:
-        """Report the pieces lacking after the main pass; the node may send them again by multicast."""
+    async def _send_nack(self, repair_round: int) -> None:
+        """Report the pieces lacking when a repair round starts; the node may send them again by multicast."""
         missing: list[list[int]] = []
         for block in self.incoming.values():
             if block.missing == 0 or block.ref.block_id in self.finishing:
                 continue
             runs = block.missing_runs()
-            block.lost_in_main_pass = sum(min(hi * block.piece_bytes, block.ref.size) - lo * block.piece_bytes
-                                          for lo, hi in runs)
+            if block.lost_in_main_pass is None:
+                block.lost_in_main_pass = sum(min(hi * block.piece_bytes, block.ref.size) - lo * block.piece_bytes
+                                              for lo, hi in runs)
             missing.extend([block.seq, lo, hi] for lo, hi in runs)
         if not missing:
             return
-        body = {"member": self.member, "missing": missing}
+        body = {"member": self.member, "round": repair_round, "missing": missing}
         try:
             async with self.fetcher.pool.session.post(
                 f"{self.node}/v1/multicast/sessions/{self.session_hex}/nack", json=body,
@@ -379,6 +390,7 @@ class _SessionRun:
                     await raise_for_status(resp)
                     doc = await resp.json()
                 cursor, state, sent = int(doc["cursor"]), str(doc["state"]), int(doc.get("sent_bytes", 0))
+                polled_round = int(doc.get("repair_round", 0))
             except (aiohttp.ClientError, TimeoutError, OSError, CachenetError, ValueError, KeyError, TypeError) as e:
                 log.info("multicast session state unavailable: %s", e)
                 if self.fetcher.pool.now() - idle_since > self.options.idle_timeout_s:
@@ -392,7 +404,7 @@ class _SessionRun:
                 self.ended = True
             self.cursor = max(self.cursor, cursor)
             if state == "repairing":
-                self.main_over = True
+                self.round_polled = max(self.round_polled, polled_round)
             if state in _FINISHED_STATES:
                 self.ended = True
 

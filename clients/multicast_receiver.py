@@ -61,7 +61,7 @@ class IncomingBlock:
         return [(lo * piece, min(hi * piece, size)) for lo, hi in self.missing_runs()]
 
 
-# What the thread reports to the loop: ("complete", block), ("passed", seq), ("end", flags),
+# What the thread reports to the loop: ("complete", block), ("passed", seq), ("end", (flags, round)),
 # ("socket", error): nothing more will arrive, ("error", error): a piece could not be stored.
 Event = tuple[str, object]
 
@@ -135,7 +135,7 @@ class SessionReceiver:
             self.last_datagram_at = time.monotonic()
             self.datagrams += 1
             if d.kind == END:
-                self._emit("end", d.flags)
+                self._emit("end", (d.flags, d.offset))
                 continue
             if d.seq > self.highest_seq:
                 self.highest_seq = d.seq

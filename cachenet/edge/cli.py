@@ -48,6 +48,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                     help="seconds joins are gathered into one plan (default 0.1)")
     mc.add_argument("--multicast-nack-window", dest="multicast_nack_window_s", type=float,
                     help="seconds members may report losses after a session's main pass (default 0.3)")
+    mc.add_argument("--multicast-repair-passes", type=int,
+                    help="repair passes by multicast at most before devices repair by unicast (default 3)")
     mc.add_argument("--multicast-piece", dest="multicast_piece_bytes", type=parse_size,
                     help="block bytes per datagram (default 16KiB on loopback, else 1400)")
     mc.add_argument("--multicast-test-drop", type=float, help=argparse.SUPPRESS)
@@ -61,7 +63,8 @@ def _serve(args: argparse.Namespace) -> int:
     keys = ("node_id", "data_dir", "capacity_bytes", "origin_url", "controller_url", "policy",
             "egress_rate", "token", "host", "port", "public_url", "scrub_rate", "verify_on_read_max_bytes",
             "multicast_group", "multicast_groups", "multicast_port", "multicast_ttl", "multicast_interface",
-            "multicast_rate", "multicast_window_s", "multicast_nack_window_s", "multicast_piece_bytes",
+            "multicast_rate", "multicast_window_s", "multicast_nack_window_s", "multicast_repair_passes",
+            "multicast_piece_bytes",
             "multicast_test_drop")
     overrides = {k: getattr(args, k) for k in keys}
     overrides["peers"] = tuple(args.peers) if args.peers else None

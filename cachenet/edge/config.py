@@ -53,7 +53,8 @@ class EdgeSettings:
     multicast_rate: float = 25e6
     multicast_window_s: float = 0.1
     multicast_lead_s: float = 0.2
-    multicast_nack_window_s: float = 0.3  # after the main pass, how long members may report losses
+    multicast_nack_window_s: float = 0.3  # after each pass, how long members may report losses
+    multicast_repair_passes: int = 3  # repair passes by multicast at most, before unicast repair
     multicast_piece_bytes: int | None = None  # default: 16 KiB on loopback, else 1400 (one Ethernet frame)
     multicast_test_drop: float = 0.0  # test hook: the share of datagrams the sender drops on purpose
 
@@ -94,6 +95,8 @@ class EdgeSettings:
             raise BadInput("multicast rate must be positive, window and lead time not negative")
         if self.multicast_piece_bytes is not None and not 512 <= self.multicast_piece_bytes <= 65000:
             raise BadInput(f"multicast piece size must be 512-65000 bytes, got {self.multicast_piece_bytes}")
+        if not 0 <= self.multicast_repair_passes <= 16:
+            raise BadInput(f"multicast repair passes must be 0-16, got {self.multicast_repair_passes}")
         if not 0 <= self.multicast_test_drop < 1:
             raise BadInput(f"multicast test drop rate must be in [0, 1), got {self.multicast_test_drop}")
 

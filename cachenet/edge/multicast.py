@@ -83,6 +83,7 @@ class Session:
     created_at: float = field(default_factory=time.monotonic)
     ended_at: float | None = None
     joined: int = 0
+    repair_round: int = 0
     nacks: Counter[tuple[int, int]] = field(default_factory=Counter)
     nacked: set[str] = field(default_factory=set)
 
@@ -113,6 +114,7 @@ class Session:
             "sent_bytes": self.sender.sent_bytes if self.sender is not None else 0,
             "members": len(self.members),
             "joined": self.joined,
+            "repair_round": self.repair_round,
         }
 
 
@@ -411,26 +413,34 @@ class MulticastHub:
                      session.joined, sender.dropped_bytes if sender else 0)
 
     async def _send_passes(self, session: Session, sender: SessionSender) -> bool:
-        """The main pass, then one repair pass of the pieces several members lack."""
+        """The main pass, then repair passes of the pieces several members lack, while any do."""
         if not await sender.run():
             return False
-        session.state = "repairing"  # before END: members answer it with their NACK at once
-        await sender.end(final=False)
-        await asyncio.sleep(self.settings.multicast_nack_window_s)  # members report what they lack
-        wanted: dict[int, list[int]] = {}
-        for (seq, piece), n in session.nacks.items():
-            if n >= 2:  # lacked by one member only: its own unicast repair costs the same
-                wanted.setdefault(seq, []).append(piece)
-        if wanted:
-            log.info("multicast session %s: %d members reported losses; resending %d pieces", session.hex,
-                     len(session.nacked), sum(len(v) for v in wanted.values()))
+        for repair_round in range(1, self.settings.multicast_repair_passes + 1):
+            if not session.members:
+                break  # everybody has what they wanted and left
+            session.nacks.clear()
+            session.nacked.clear()
+            session.repair_round = repair_round
+            session.state = "repairing"  # before END: members answer it with their NACK at once
+            await sender.end(repair_round=repair_round, final=False)
+            await asyncio.sleep(self.settings.multicast_nack_window_s)  # members report what they lack
+            wanted: dict[int, list[int]] = {}
+            for (seq, piece), n in session.nacks.items():
+                if n >= 2:  # lacked by one member only: its own unicast repair costs the same
+                    wanted.setdefault(seq, []).append(piece)
+            if not wanted:
+                break
+            log.info("multicast session %s, repair round %d: %d members reported losses; resending %d pieces",
+                     session.hex, repair_round, len(session.nacked), sum(len(v) for v in wanted.values()))
             if not await sender.resend(wanted):
                 return False
-        await sender.end(final=True)
+        await sender.end(repair_round=session.repair_round + 1, final=True)
         return True
 
-    def nack(self, session_hex: str, member_id: str, missing: Sequence[Sequence[int]]) -> dict[str, Any]:
-        """A member's report of the pieces it lacks after the main pass: [[block seq, first piece, end piece], ...]."""
+    def nack(self, session_hex: str, member_id: str, missing: Sequence[Sequence[int]],
+             repair_round: int) -> dict[str, Any]:
+        """A member's report of the pieces it lacks when `repair_round` starts: [[block seq, first, end piece], ...]."""
         session = self.session(session_hex)
         if member_id not in session.members:
             raise NotFound(f"{member_id[:32]!r} is not a member of session {session_hex}")
@@ -445,7 +455,8 @@ class MulticastHub:
             if not 0 <= lo < hi <= pieces:
                 raise BadInput(f"pieces [{lo}, {hi}) are outside block {seq}'s {pieces} pieces")
             counted.update((seq, i) for i in range(lo, hi))
-        accepted = session.state == "repairing" and member_id not in session.nacked
+        accepted = (session.state == "repairing" and repair_round == session.repair_round
+                    and member_id not in session.nacked)
         if accepted:
             session.nacked.add(member_id)
             session.nacks.update(counted)

@@ -3,7 +3,7 @@
     GET  /v1/multicast                              groups, port, interface, sessions under way
     POST /v1/multicast/join                         {"model", "revision", "blocks": [...], "rate"?}
     GET  /v1/multicast/sessions/{session}           state and sender progress (members poll it)
-    POST /v1/multicast/sessions/{session}/nack      {"member", "missing": [[block seq, first piece, end piece]]}
+    POST /v1/multicast/sessions/{session}/nack      {"member", "round", "missing": [[block seq, first piece, end piece]]}
     POST /v1/multicast/sessions/{session}/leave     {"member", "expected_bytes", "missed_bytes"}
 """
 
@@ -107,7 +107,8 @@ async def nack(request: web.Request) -> web.Response:
     missing = _field(doc, "missing", list)
     if not all(isinstance(e, list) for e in missing):
         raise BadInput("missing must be a list of [block seq, first piece, end piece]")
-    return web.json_response(hub.nack(session, _member(doc), missing))
+    repair_round = _field(doc, "round", int, default=1)
+    return web.json_response(hub.nack(session, _member(doc), missing, repair_round))
 
 
 async def leave(request: web.Request) -> web.Response:

@@ -78,10 +78,10 @@ class SessionSender:
                 return False
         return True
 
-    async def end(self, *, final: bool) -> None:
+    async def end(self, *, repair_round: int, final: bool) -> None:
         """Send END a few times (it may be lost like any datagram)."""
         for _ in range(_END_REPEATS):
-            await self._sendto(encode_end(self.session, len(self.blocks), final=final))
+            await self._sendto(encode_end(self.session, len(self.blocks), repair_round=repair_round, final=final))
             await asyncio.sleep(0.01)
 
     async def _send_ranges(self, seq: int, ref: BlockRef, ranges: Sequence[tuple[int, int]], kind: str) -> bool:

@@ -6,10 +6,10 @@ Every datagram starts with a fixed 56-byte header, network byte order:
     | block seq u32 | offset u64 | length u32 | checksum u64 (XXH3-64 of the payload)
 
 `kind` is PIECE (the payload is bytes [offset, offset+length) of the block) or END (a
-pass over the session's blocks is over; `seq` is the number of blocks it sent). The
-first END closes the main pass: members then report the pieces they lack (NACK) and the
-node sends pieces that several members lack once more, by multicast, before an END with
-flag FINAL (nothing more will come). `seq` is the
+pass is over; `seq` is the number of blocks in the session, `offset` the repair round
+that starts: 1 after the main pass, 2 after the first repair pass...). After each END
+members report the pieces they lack (NACK) and the node sends the pieces that several
+members lack once more, by multicast; an END with flag FINAL says nothing more will come. `seq` is the
 block's position in the session's sending order, so a receiver that sees seq k knows
 the blocks before k are behind the sender. The checksum only catches damaged
 datagrams: receivers still verify every whole block against its id and BLAKE3.
@@ -67,9 +67,9 @@ def encode_piece(session: bytes, block_id: bytes, seq: int, offset: int, payload
     return header + payload
 
 
-def encode_end(session: bytes, blocks_sent: int, *, final: bool) -> bytes:
-    """The END datagram of a pass over `blocks_sent` blocks; `final` when nothing more follows."""
-    return _HEADER.pack(MAGIC, END, FINAL if final else 0, 0, session, bytes(16), blocks_sent, 0, 0,
+def encode_end(session: bytes, blocks: int, *, repair_round: int, final: bool) -> bytes:
+    """The END datagram opening `repair_round` of a session of `blocks` blocks; `final` when nothing more follows."""
+    return _HEADER.pack(MAGIC, END, FINAL if final else 0, 0, session, bytes(16), blocks, repair_round, 0,
                         xxhash.xxh3_64_intdigest(b""))
 
 

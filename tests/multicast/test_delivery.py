@@ -111,16 +111,17 @@ async def test_lost_datagrams_are_repaired_by_range_requests(
     egress = _egress(edge)
     assert 0.03 * egress["multicast"] < dropped < 0.07 * egress["multicast"]
     # Every device lacked what the sender dropped (perhaps a few datagrams more) and said so; the
-    # node sent those pieces once more to the group, and each device fetched by unicast only
-    # what that second pass lost.
-    assert dropped <= egress["multicast_repair"] <= dropped * 1.1 + 1024 * 1024
+    # node sent those pieces once more to the group (and what that pass lost, once more...), so
+    # devices fetched next to nothing by unicast.
+    assert dropped <= egress["multicast_repair"] <= dropped * 1.2 + 1024 * 1024
+    assert dropped_again > 0  # the repair passes lose datagrams too
     for report in reports:
         mc = report.multicast
         assert dropped <= mc.missed_bytes <= dropped * 1.2 + 1024 * 1024, (mc, dropped)
-        assert dropped_again <= mc.repair_bytes <= dropped_again * 1.2 + 1024 * 1024, (mc, dropped_again)
+        assert mc.repair_bytes <= 0.1 * dropped + 1024 * 1024, (mc, dropped)
     repair_total = egress["multicast_repair"] + egress["repair"]
     assert repair_total <= 1.5 * dropped  # not once per device
-    assert metric(edge, "cachenet_edge_multicast_nacks_total") == len(reports)
+    assert metric(edge, "cachenet_edge_multicast_nacks_total") >= 2 * len(reports)  # two rounds at least
     repaired = metric(edge, "cachenet_edge_egress_bytes_total", kind="repair")
     assert repaired == sum(r.multicast.repair_bytes for r in reports)
     assert metric(edge, "cachenet_edge_multicast_loss_ratio") == pytest.approx(
@@ -153,6 +154,10 @@ async def test_a_late_joiner_gets_the_start_by_repair_and_a_leaver_stalls_nobody
     early = await asyncio.gather(*first)
 
     state = edge.app[hub_key].session(session)
+    for _ in range(100):  # the node may still be waiting for loss reports of its last pass
+        if state.state != "repairing":
+            break
+        await asyncio.sleep(0.05)
     assert state.state == "done" and state.joined == 4 and not state.members
     for name, report in [*zip(names[:2], early, strict=True), (names[3], late)]:
         tag = "late" if report is late else name.rsplit("/", 1)[-1]

@@ -26,9 +26,9 @@ def test_a_piece_round_trips() -> None:
 
 
 def test_an_end_round_trips() -> None:
-    d = decode(memoryview(encode_end(SESSION, 42, final=False)))
-    assert (d.kind, d.flags, d.session, d.seq, len(d.payload)) == (END, 0, SESSION, 42, 0)
-    assert decode(memoryview(encode_end(SESSION, 42, final=True))).flags == FINAL
+    d = decode(memoryview(encode_end(SESSION, 42, repair_round=2, final=False)))
+    assert (d.kind, d.flags, d.session, d.seq, d.offset, len(d.payload)) == (END, 0, SESSION, 42, 2, 0)
+    assert decode(memoryview(encode_end(SESSION, 42, repair_round=3, final=True))).flags == FINAL
 
 
 @pytest.mark.parametrize(
