@@ -5,6 +5,8 @@ edge node is a real server (aiohttp test server) in front of a real origin.
 """
 
 import asyncio
+import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -249,3 +251,28 @@ async def test_forged_pieces_make_the_block_fail_verification_and_it_comes_whole
     for name, report in zip(names, reports, strict=True):
         assert file_hashes(tmp_path / "out" / name.rsplit("/", 1)[-1]) == _expected_files(variants[name])
         assert report.multicast.refused_blocks == 1  # the forged block, fetched again whole
+
+
+async def test_the_cli_pulls_by_multicast_and_reports_it(
+    origin_server: TestServer, edge_factory: Callable[..., Any], tmp_path: Path
+) -> None:
+    variants = await _publish_variants(origin_server, tmp_path, 2)
+    edge = await edge_factory(origin=origin_server, capacity_bytes=1 << 30, multicast_rate=40e6,
+                              multicast_window_s=3.0)  # two CLI processes start within it
+
+    async def cli(i: int, name: str) -> dict[str, Any]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cachenet", "pull", name, "--source", url_of(edge), "--store",
+            str(tmp_path / f"cli-store-{i}"), "--out", str(tmp_path / f"cli-out-{i}"), "--multicast", "on",
+            "--link-rate", "400Mbit", "--json", "--no-fsync",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()[-2000:]
+        return json.loads(out)  # type: ignore[no-any-return]
+
+    reports = await asyncio.gather(*(cli(i, name) for i, name in enumerate(variants)))
+    for i, (name, report) in enumerate(zip(variants, reports, strict=True)):
+        assert file_hashes(tmp_path / f"cli-out-{i}") == _expected_files(variants[name])
+        assert report["multicast"]["session"] is not None and report["multicast"]["multicast_bytes"] > 80e6
+    assert reports[0]["multicast"]["session"] == reports[1]["multicast"]["session"]
