@@ -39,6 +39,11 @@ async def _publish_variants(origin: TestServer, tmp_path: Path, n: int) -> dict[
     return variants
 
 
+async def _edge(edge_factory: Callable[..., Any], origin: TestServer, **settings: Any) -> TestServer:
+    """An edge node holding up to 1 GiB that multicasts at 40 MB/s unless told otherwise."""
+    return await edge_factory(origin=origin, **{"capacity_bytes": 1 << 30, "multicast_rate": 40e6, **settings})  # type: ignore[no-any-return]
+
+
 def _ideal_bytes(origin: TestServer, names: list[str]) -> int:
     """Backbone + every adapter's own blocks: each distinct block once."""
     catalogue = origin.app[catalogue_key]
@@ -73,8 +78,7 @@ async def test_eight_lora_variants_at_once_send_the_backbone_once(
     origin_server: TestServer, edge_factory: Callable[..., Any], tmp_path: Path
 ) -> None:
     variants = await _publish_variants(origin_server, tmp_path, 8)
-    edge = await edge_factory(origin=origin_server, capacity_bytes=1 << 30, multicast_rate=40e6,
-                              multicast_window_s=0.5)
+    edge = await _edge(edge_factory, origin_server, multicast_window_s=0.5)
 
     reports = await asyncio.gather(*(_pull(edge, name, tmp_path, name.rsplit("/", 1)[-1]) for name in variants))
 
@@ -100,8 +104,7 @@ async def test_lost_datagrams_are_repaired_by_range_requests(
     origin_server: TestServer, edge_factory: Callable[..., Any], tmp_path: Path
 ) -> None:
     variants = await _publish_variants(origin_server, tmp_path, 4)
-    edge = await edge_factory(origin=origin_server, capacity_bytes=1 << 30, multicast_rate=40e6,
-                              multicast_window_s=0.5, multicast_test_drop=0.05)
+    edge = await _edge(edge_factory, origin_server, multicast_window_s=0.5, multicast_test_drop=0.05)
 
     reports = await asyncio.gather(*(_pull(edge, name, tmp_path, name.rsplit("/", 1)[-1]) for name in variants))
 
@@ -146,7 +149,7 @@ async def test_a_late_joiner_gets_the_start_by_repair_and_a_leaver_stalls_nobody
 ) -> None:
     variants = await _publish_variants(origin_server, tmp_path, 4)
     names = list(variants)
-    edge = await edge_factory(origin=origin_server, capacity_bytes=1 << 30, multicast_rate=15e6,
+    edge = await _edge(edge_factory, origin_server, multicast_rate=15e6,
                               multicast_window_s=0.3)
     first = [asyncio.create_task(_pull(edge, n, tmp_path, n.rsplit("/", 1)[-1])) for n in names[:3]]
     session = await _wait_for_cursor(edge, 1)  # the first (largest) block is out
@@ -181,8 +184,7 @@ async def test_a_device_that_cannot_join_the_group_gets_everything_by_unicast(
 ) -> None:
     variants = await _publish_variants(origin_server, tmp_path, 3)
     names = list(variants)
-    edge = await edge_factory(origin=origin_server, capacity_bytes=1 << 30, multicast_rate=40e6,
-                              multicast_window_s=0.5)
+    edge = await _edge(edge_factory, origin_server, multicast_window_s=0.5)
     # 192.0.2.77 (TEST-NET-1) is no interface of this machine: joining a group there fails.
     ok, stranded, strict = await asyncio.gather(
         _pull(edge, names[0], tmp_path, "ok"),
@@ -203,7 +205,7 @@ async def test_a_lone_device_is_planned_unicast_and_the_origin_offers_no_multica
 ) -> None:
     variants = await _publish_variants(origin_server, tmp_path, 1)
     name = next(iter(variants))
-    edge = await edge_factory(origin=origin_server, capacity_bytes=1 << 30, multicast_window_s=0.05)
+    edge = await _edge(edge_factory, origin_server, multicast_window_s=0.05)
     alone = await _pull(edge, name, tmp_path, "alone")
     assert alone.multicast.session is None and "planned unicast" in alone.multicast.fallback
     assert file_hashes(tmp_path / "out" / "alone") == _expected_files(variants[name])
@@ -220,8 +222,7 @@ async def test_forged_pieces_make_the_block_fail_verification_and_it_comes_whole
 ) -> None:
     variants = await _publish_variants(origin_server, tmp_path, 2)
     names = list(variants)
-    edge = await edge_factory(origin=origin_server, capacity_bytes=1 << 30, multicast_rate=40e6,
-                              multicast_window_s=0.3, multicast_lead_s=1.0)
+    edge = await _edge(edge_factory, origin_server, multicast_window_s=0.3, multicast_lead_s=1.0)
     hub = edge.app[hub_key]
 
     async def forge() -> int:
@@ -257,8 +258,7 @@ async def test_the_cli_pulls_by_multicast_and_reports_it(
     origin_server: TestServer, edge_factory: Callable[..., Any], tmp_path: Path
 ) -> None:
     variants = await _publish_variants(origin_server, tmp_path, 2)
-    edge = await edge_factory(origin=origin_server, capacity_bytes=1 << 30, multicast_rate=40e6,
-                              multicast_window_s=3.0)  # two CLI processes start within it
+    edge = await _edge(edge_factory, origin_server, multicast_window_s=3.0)  # two CLI processes start within it
 
     async def cli(i: int, name: str) -> dict[str, Any]:
         proc = await asyncio.create_subprocess_exec(
