@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from bench.machine import write_result
-from bench.processes import free_port, stop_processes
+from bench.processes import free_port, start_nginx, stop_processes
 from cachenet.blockid import digest_of
 from cachenet.blockstore import BlockStore
 
@@ -37,29 +37,6 @@ __all__ = ("main",)
 
 MIB: Final = 1024 * 1024
 SERVERS: Final = ("nginx", "cachenet")
-NGINX_CONF: Final = """\
-daemon off;
-worker_processes 2;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    default_type application/octet-stream;
-    sendfile on;
-    tcp_nopush on;
-    access_log off;
-    keepalive_requests 1000000;
-    client_body_temp_path {tmp}/client_body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        location /v1/blocks/ {{ alias {blocks}/; }}
-    }}
-}}
-"""
 LIMITS_NOTE: Final = (
     "Both servers share 2 vCPUs with the client (curl processes or wrk). nginx: 2 worker "
     "processes, sendfile, ~10 us of CPU per small request; big bodies are limited by the "
@@ -148,7 +125,7 @@ def main() -> None:
         ports = {"nginx": free_port(), "cachenet": free_port()}
         procs: dict[str, subprocess.Popen[bytes]] = {}
         try:
-            procs["nginx"] = _start_nginx(tmp, ports["nginx"], flat)
+            procs["nginx"] = start_nginx(tmp, ports["nginx"], location="/v1/blocks/", folder=flat)
             procs["cachenet"] = _start_edge(tmp, ports["cachenet"], capacity=total_bytes * 2)
             base = {name: f"http://127.0.0.1:{port}/v1/blocks/" for name, port in ports.items()}
             for name in SERVERS:
@@ -479,17 +456,6 @@ def _summarise(raw: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, dic
     return summary
 
 
-
-
-def _start_nginx(tmp: Path, port: int, blocks: Path) -> "subprocess.Popen[bytes]":
-    conf = tmp / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, blocks=blocks))
-    log = open(tmp / "nginx.log", "wb")  # noqa: SIM115 - the child holds it
-    return subprocess.Popen(
-        ["nginx", "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "nginx-error.log")],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
 
 
 def _start_edge(tmp: Path, port: int, *, capacity: int) -> "subprocess.Popen[bytes]":

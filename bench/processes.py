@@ -8,7 +8,32 @@ import time
 import urllib.request
 from pathlib import Path
 
-__all__ = ("free_port", "run_cachenet", "start_cachenet", "stop_processes", "wait_ready")
+__all__ = ("free_port", "run_cachenet", "start_cachenet", "start_nginx", "stop_processes", "wait_ready")
+
+# The anchor the serving benchmarks compare with: nginx with sendfile, 2 workers, no access log.
+_NGINX_CONF = """\
+daemon off;
+worker_processes 2;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush on;
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path {tmp}/client_body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location {location} {{ alias {folder}/; }}
+    }}
+}}
+"""
 
 
 def free_port() -> int:
@@ -57,3 +82,15 @@ def wait_ready(url: str, timeout_s: float = 60.0) -> None:
             error = e
             time.sleep(0.2)
     sys.exit(f"{url} not ready after {timeout_s} s: {error}")
+
+
+def start_nginx(tmp: Path, port: int, *, location: str, folder: Path) -> "subprocess.Popen[bytes]":
+    """Start nginx on 127.0.0.1:`port` serving `folder` under the URL path `location` (ending in /)."""
+    conf = tmp / "nginx.conf"
+    conf.write_text(_NGINX_CONF.format(tmp=tmp, port=port, location=location, folder=folder))
+    log = open(tmp / "nginx.log", "wb")  # noqa: SIM115 - the child holds it
+    return subprocess.Popen(
+        ["nginx", "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "nginx-error.log")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )

@@ -30,35 +30,20 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from bench.machine import write_result
-from bench.processes import free_port, run_cachenet, start_cachenet, stop_processes, wait_ready
+from bench.processes import (
+    free_port,
+    run_cachenet,
+    start_cachenet,
+    start_nginx,
+    stop_processes,
+    wait_ready,
+)
 from bench.publish_throughput import make_model
 
 __all__ = ("main",)
 
 MIB: Final = 1024 * 1024
 TOKEN: Final = "bench-token"
-NGINX_CONF: Final = """\
-daemon off;
-worker_processes 2;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    default_type application/octet-stream;
-    sendfile on;
-    tcp_nopush on;
-    access_log off;
-    client_body_temp_path {tmp}/client_body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        location /files/ {{ alias {files}/; }}
-    }}
-}}
-"""
 
 
 def main() -> None:
@@ -165,7 +150,7 @@ def _run(
     (files / "model.safetensors").hardlink_to(model)
     for path in (files, model):  # nginx workers may run as another user
         path.chmod(0o755 if path.is_dir() else 0o644)
-    procs["nginx"] = _start_nginx(tmp, nginx_port, files)
+    procs["nginx"] = start_nginx(tmp, nginx_port, location="/files/", folder=files)
     wait_ready(f"http://127.0.0.1:{nginx_port}/files/model.safetensors")
 
     fast_port = free_port()
@@ -373,17 +358,6 @@ def _edge_args(data: Path, origin: str, port: int, rate: str | None) -> list[str
         TOKEN,
     ]
     return argv + (["--egress-rate", rate] if rate else [])
-
-
-def _start_nginx(tmp: Path, port: int, files: Path) -> "subprocess.Popen[bytes]":
-    conf = tmp / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, files=files))
-    log = open(tmp / "nginx.log", "wb")  # noqa: SIM115 - the child holds it
-    return subprocess.Popen(
-        ["nginx", "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "nginx-error.log")],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
 
 
 def _check_identical(got: Path, want: Path) -> None:

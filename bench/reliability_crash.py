@@ -30,7 +30,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from bench.machine import write_result
+from bench.processes import free_port
 from cachenet.blockid import digest_of
 from cachenet.blockstore import BlockStore
 from cachenet.cluster.demomodels import REAL_MODEL_NAME, make_lora_adapter, real_model_dir
@@ -60,7 +60,6 @@ __all__ = (
     "SCENARIOS",
     "ScenarioResult",
     "Server",
-    "free_port",
     "http",
     "run_fetch_crashes",
     "run_plan_crashes",
@@ -134,6 +133,21 @@ class Server:
         self.url = f"http://127.0.0.1:{port}"
         self.process: subprocess.Popen[bytes] | None = None
 
+    @classmethod
+    def origin(cls, work: Path) -> "Server":
+        """An origin on a free port, its data in `work/origin`, its log in `work/logs`."""
+        port = free_port()
+        argv = ["origin", "serve", "--data", str(work / "origin"), "--port", str(port), "--token", TOKEN]
+        return cls("registry.cli", argv, port=port, log_path=work / "logs" / "origin.log")
+
+    @classmethod
+    def edge(cls, work: Path, *, node_id: str, capacity: str, origin_url: str) -> "Server":
+        """An edge node on a free port, its data in `work/edge`, its log in `work/logs`."""
+        port = free_port()
+        argv = ["edge", "serve", "--node-id", node_id, "--data", str(work / "edge"), "--capacity", capacity,
+                "--origin", origin_url, "--token", TOKEN, "--port", str(port)]
+        return cls("cachenet.edge.cli", argv, port=port, log_path=work / "logs" / "edge.log")
+
     @property
     def pid(self) -> int:
         """The server process's id."""
@@ -187,13 +201,6 @@ class Server:
 def launcher(module: str, *args: str) -> list[str]:
     """argv running one `cachenet` command whose parser lives in `module`."""
     return [sys.executable, "-c", _LAUNCH, module, *args]
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http(
@@ -250,13 +257,8 @@ def write_random_model(
 def run_publish_crashes(work: Path, *, kills: int, seed: int) -> ScenarioResult:
     """Kill the origin (sometimes the publisher too) at random moments during `cachenet publish`."""
     result, rng, began = ScenarioResult("publish"), random.Random(seed), time.monotonic()
-    data, port = work / "origin", free_port()
-    origin = Server(
-        "registry.cli",
-        ["origin", "serve", "--data", str(data), "--port", str(port), "--token", TOKEN],
-        port=port,
-        log_path=work / "logs" / "origin.log",
-    )
+    data = work / "origin"
+    origin = Server.origin(work)
     acked: dict[str, tuple[str, dict[str, str]]] = {}
     unacked: list[tuple[str, Path, bool]] = []
     try:
@@ -438,22 +440,7 @@ class _EdgeRig:
 
 
 def _start_rig(work: Path, *, models: int, capacity_models: float, name_prefix: str) -> _EdgeRig:
-    origin_port, edge_port = free_port(), free_port()
-    origin = Server(
-        "registry.cli",
-        [
-            "origin",
-            "serve",
-            "--data",
-            str(work / "origin"),
-            "--port",
-            str(origin_port),
-            "--token",
-            TOKEN,
-        ],
-        port=origin_port,
-        log_path=work / "logs" / "origin.log",
-    )
+    origin = Server.origin(work)
     origin.start()
     folders = {
         f"{name_prefix}/m-{i:03d}": write_random_model(
@@ -477,27 +464,7 @@ def _start_rig(work: Path, *, models: int, capacity_models: float, name_prefix: 
     biggest = max(sum(r.size for r in m.unique_blocks().values()) for m in manifests.values())
     capacity = int(biggest * capacity_models)
     data = work / "edge"
-    edge = Server(
-        "cachenet.edge.cli",
-        [
-            "edge",
-            "serve",
-            "--node-id",
-            "crash-edge",
-            "--data",
-            str(data),
-            "--capacity",
-            str(capacity),
-            "--origin",
-            origin.url,
-            "--token",
-            TOKEN,
-            "--port",
-            str(edge_port),
-        ],
-        port=edge_port,
-        log_path=work / "logs" / "edge.log",
-    )
+    edge = Server.edge(work, node_id="crash-edge", capacity=str(capacity), origin_url=origin.url)
     edge.start()
     return _EdgeRig(origin, edge, data, manifests, folders)
 

@@ -31,7 +31,7 @@ import uvloop
 import xxhash
 
 from bench.machine import write_result
-from bench.reliability_crash import TOKEN, Server, free_port, http, write_random_model
+from bench.reliability_crash import TOKEN, Server, http, write_random_model
 from cachenet.manifest import ModelManifest
 from registry.chunking import list_folder_files
 from registry.publish import HttpTarget, publish_path
@@ -115,43 +115,8 @@ def run_load(
     cold_blocks: int = 1500,
 ) -> LoadResult:
     """Start an origin and an edge node, publish the models, run the load, stop everything."""
-    origin_port, edge_port = free_port(), free_port()
-    origin = Server(
-        "registry.cli",
-        [
-            "origin",
-            "serve",
-            "--data",
-            str(work / "origin"),
-            "--port",
-            str(origin_port),
-            "--token",
-            TOKEN,
-        ],
-        port=origin_port,
-        log_path=work / "logs" / "origin.log",
-    )
-    edge = Server(
-        "cachenet.edge.cli",
-        [
-            "edge",
-            "serve",
-            "--node-id",
-            "load-edge",
-            "--data",
-            str(work / "edge"),
-            "--capacity",
-            "4GiB",
-            "--origin",
-            f"http://127.0.0.1:{origin_port}",
-            "--token",
-            TOKEN,
-            "--port",
-            str(edge_port),
-        ],
-        port=edge_port,
-        log_path=work / "logs" / "edge.log",
-    )
+    origin = Server.origin(work)
+    edge = Server.edge(work, node_id="load-edge", capacity="4GiB", origin_url=origin.url)
     try:
         origin.start()
         workload = _publish_models(

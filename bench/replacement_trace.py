@@ -181,18 +181,8 @@ def run_policy(
             backbone_evicted_bytes += sum(
                 catalogue.block_sizes[b] for b in info.evicted if b in catalogue.backbone_blocks
             )
-    return {
-        "model_hit_ratio": model_hits / len(trace),
-        "byte_hit_ratio": hit_bytes / req_bytes,
-        "object_hits": obj_hits,
-        "object_requests": obj_reqs,
-        "byte_hits": hit_bytes,
-        "bytes_requested": req_bytes,
-        "object_misses": obj_reqs - obj_hits,
-        "byte_misses": req_bytes - hit_bytes,
-        "backbone_bytes_evicted": backbone_evicted_bytes if granularity == "block" else None,
-        "seconds": round(time.perf_counter() - started, 3),
-    }
+    return _counts(len(trace), model_hits, obj_hits, obj_reqs, hit_bytes, req_bytes, started,
+                   backbone_bytes_evicted=backbone_evicted_bytes if granularity == "block" else None)
 
 
 def run_libcachesim(
@@ -221,8 +211,16 @@ def run_libcachesim(
             else:
                 all_hit = False
         model_hits += all_hit
+    return _counts(len(trace), model_hits, obj_hits, obj_reqs, hit_bytes, req_bytes, started)
+
+
+def _counts(
+    requests: int, model_hits: int, obj_hits: int, obj_reqs: int, hit_bytes: int, req_bytes: int, started: float,
+    **extra: Any,
+) -> dict[str, Any]:
+    """One replay's hit and miss counts, ratios and duration."""
     return {
-        "model_hit_ratio": model_hits / len(trace),
+        "model_hit_ratio": model_hits / requests,
         "byte_hit_ratio": hit_bytes / req_bytes,
         "object_hits": obj_hits,
         "object_requests": obj_reqs,
@@ -230,6 +228,7 @@ def run_libcachesim(
         "bytes_requested": req_bytes,
         "object_misses": obj_reqs - obj_hits,
         "byte_misses": req_bytes - hit_bytes,
+        **extra,
         "seconds": round(time.perf_counter() - started, 3),
     }
 

@@ -239,8 +239,7 @@ class _SessionRun:
         self.unicast = [by_id[b] for b in answer["unicast"]]
         self.interface = options.interface or _loopback_or_none(announcement.get("interface"))
         self.incoming: dict[bytes, IncomingBlock] = {}
-        self.cursor = 0 if not answer.get("late") else int(s.get("cursor", 0))
-        self.joined_at = self.cursor
+        self.joined_at = int(s.get("cursor", 0)) if answer.get("late") else 0  # the block being sent then
         self.ended = False  # the node says the session is over (or cannot be asked any more)
         self.final_seen = False  # the final END datagram arrived: every piece sent is behind us
         self.round_seen = 0  # the latest repair round an END datagram opened: time to report losses
@@ -402,7 +401,6 @@ class _SessionRun:
                 log.warning("multicast session %s made no progress for %.0f s; repairing the rest", self.session_hex,
                             self.options.idle_timeout_s)
                 self.ended = True
-            self.cursor = max(self.cursor, cursor)
             if state == "repairing":
                 self.round_polled = max(self.round_polled, polled_round)
             if state in _FINISHED_STATES:

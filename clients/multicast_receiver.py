@@ -34,7 +34,6 @@ class IncomingBlock:
     writer: PieceWriter | None = None
     have: bytearray = field(init=False)
     missing: int = field(init=False)
-    received_bytes: int = 0
     closed: bool = False
     lost_in_main_pass: int | None = None  # bytes missing when the main pass ended (reported by NACK)
 
@@ -61,7 +60,7 @@ class IncomingBlock:
         return [(lo * piece, min(hi * piece, size)) for lo, hi in self.missing_runs()]
 
 
-# What the thread reports to the loop: ("complete", block), ("passed", seq), ("end", (flags, round)),
+# What the thread reports to the loop: ("complete", block), ("end", (flags, round)),
 # ("socket", error): nothing more will arrive, ("error", error): a piece could not be stored.
 Event = tuple[str, object]
 
@@ -85,10 +84,6 @@ class SessionReceiver:
         self._loop, self._on_event = loop, on_event
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"multicast {session.hex()}", daemon=True)
-        self.datagrams = 0
-        self.damaged = 0
-        self.duplicates = 0
-        self.highest_seq = -1
         self.last_datagram_at = time.monotonic()
 
     def start(self) -> None:
@@ -128,18 +123,13 @@ class SessionReceiver:
             try:
                 d = decode(view[:n])
             except BadDatagram:
-                self.damaged += 1
-                continue
+                continue  # damaged or not ours: a lost piece, repaired like any other
             if d.session != self.session:
                 continue
             self.last_datagram_at = time.monotonic()
-            self.datagrams += 1
             if d.kind == END:
                 self._emit("end", (d.flags, d.offset))
                 continue
-            if d.seq > self.highest_seq:
-                self.highest_seq = d.seq
-                self._emit("passed", d.seq)
             try:
                 self._store(d.block_id, d.offset, d.payload)
             except Exception as e:  # noqa: BLE001 - a full disk must reach the loop, not kill the thread quietly
@@ -153,17 +143,14 @@ class SessionReceiver:
                 return
             index, rest = divmod(offset, block.piece_bytes)
             if rest or index >= len(block.have) or len(payload) != min(block.piece_bytes, block.ref.size - offset):
-                self.damaged += 1
-                return
+                return  # not a piece of this block as the session cuts it
             if block.have[index]:
-                self.duplicates += 1
-                return
+                return  # a duplicate (repair passes resend pieces others lacked)
             if block.writer is None:
                 block.writer = self.open_writer(block.ref)
             block.writer.write_at(offset, payload)
             block.have[index] = 1
             block.missing -= 1
-            block.received_bytes += len(payload)
             if block.missing == 0:
                 block.closed = True
                 self._emit("complete", block)

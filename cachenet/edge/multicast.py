@@ -287,30 +287,31 @@ class MulticastHub:
         return self.settings.egress_rate or self.settings.multicast_rate
 
     def _start_sessions(self, members: list[Member], plan: DeliveryPlan) -> dict[str, dict[str, Any]]:
-        self.last_plan = plan.to_json()
+        plan_json = self.last_plan = plan.to_json()
         log.info("multicast batch of %d: %d groups, estimate %.2f s mean (%.2f s unicast only), %d bytes",
                  len(members), len(plan.groups), plan.mean_completion_s,
-                 self.last_plan["unicast_only"]["mean_completion_s"], plan.egress_bytes)
+                 plan_json["unicast_only"]["mean_completion_s"], plan.egress_bytes)
         by_label = {m.demand.member: m for m in members}
         answers: dict[str, dict[str, Any]] = {}
         for g in plan.groups:
-            session = self._open_session(g, by_label, plan)
+            session = self._open_session(g, by_label, plan_json)
             for label in g.members:
                 m = by_label[label]
                 if session is None:
-                    answers[m.member_id] = _unicast_answer(m, plan)
+                    answers[m.member_id] = _unicast_answer(m, plan_json)
                     continue
                 session.members[m.member_id] = m
                 session.joined += 1
                 self.metrics.multicast_members.labels("batched").inc()
-                answers[m.member_id] = self._answer(session, m, plan, late=False)
+                answers[m.member_id] = self._answer(session, m, late=False)
         for m in members:
-            answers.setdefault(m.member_id, _unicast_answer(m, plan))
+            answers.setdefault(m.member_id, _unicast_answer(m, plan_json))
         self._count_members()
         return answers
 
-    def _open_session(self, g: GroupPlan, by_label: dict[str, Member], plan: DeliveryPlan) -> Session | None:
+    def _open_session(self, g: GroupPlan, by_label: dict[str, Member], plan: dict[str, Any]) -> Session | None:
         s = self.settings
+        self._forget_old()
         assert s.multicast_group is not None
         used = {x.slot for x in self.sessions.values() if x.state in LIVE_STATES}
         free = [i for i in range(s.multicast_groups) if i not in used]
@@ -328,14 +329,14 @@ class MulticastHub:
             piece_bytes=s.piece_bytes,
             blocks=[refs[b] for b in g.blocks],
             model=by_label[g.members[0]].model,
-            plan=plan.to_json(),
+            plan=plan,
         )
         self.sessions[session.hex] = session
         session.task = asyncio.get_running_loop().create_task(self._send(session), name=f"multicast {session.hex}")
         self.metrics.multicast_sessions_active.inc()
         return session
 
-    def _answer(self, session: Session, m: Member, plan: DeliveryPlan | None, *, late: bool) -> dict[str, Any]:
+    def _answer(self, session: Session, m: Member, *, late: bool) -> dict[str, Any]:
         cursor = session.cursor if late else 0
         order = {r.block_id: i for i, r in enumerate(session.blocks)}
         multicast = [b for b in order if b in m.refs and order[b] >= cursor]
@@ -349,7 +350,7 @@ class MulticastHub:
             "repair": repair,
             "unicast": [b for b in m.refs if b not in in_session],
             "late": late,
-            "plan": plan.to_json() if plan is not None else session.plan,
+            "plan": session.plan,
         }
 
     def _running_session_for(self, member: Member) -> Session | None:
@@ -373,7 +374,7 @@ class MulticastHub:
         self._count_members()
         log.info("device %s joined multicast session %s late, at block %d of %d",
                  member.member_id, session.hex, session.cursor, len(session.blocks))
-        return self._answer(session, member, None, late=True)
+        return self._answer(session, member, late=True)
 
     # -- sending -------------------------------------------------------------------------
 
@@ -479,8 +480,8 @@ class MulticastHub:
                 del self.sessions[key]
 
 
-def _unicast_answer(m: Member, plan: DeliveryPlan) -> dict[str, Any]:
+def _unicast_answer(m: Member, plan: dict[str, Any]) -> dict[str, Any]:
     return {"member": m.member_id, "session": None, "multicast": [], "multicast_seq": [], "repair": [],
             "unicast": list(m.refs),
-            "late": False, "plan": plan.to_json()}
+            "late": False, "plan": plan}
 

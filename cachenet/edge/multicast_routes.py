@@ -23,8 +23,7 @@ __all__ = ("add_multicast_routes", "hub_key")
 
 hub_key = web.AppKey("multicast_hub", MulticastHub)
 MAX_JOIN_BYTES: Final = 4 * 1024 * 1024
-_SESSION_RE: Final = re.compile(r"^[0-9a-f]{16}\Z")
-_MEMBER_RE: Final = re.compile(r"^[0-9a-f]{16}\Z")
+_HEX16_RE: Final = re.compile(r"^[0-9a-f]{16}\Z")  # session and member ids
 _SESSION_SCHEMA: Final[dict[str, Any]] = {
     "type": "object", "required": ["session", "state", "group", "port", "cursor", "blocks"],
     "properties": {"session": {"type": "string"}, "state": {"enum": ["waiting", "sending", "repairing", "done",
@@ -126,14 +125,14 @@ async def leave(request: web.Request) -> web.Response:
 
 def _member(doc: dict[str, Any]) -> str:
     member = _field(doc, "member", str)
-    if not _MEMBER_RE.match(member):
+    if not _HEX16_RE.match(member):
         raise BadInput("member must be the 16 hex digits the join answered")
     return str(member)
 
 
 def _session_id(request: web.Request) -> str:
     session = request.match_info["session"]
-    if not _SESSION_RE.match(session):
+    if not _HEX16_RE.match(session):
         raise BadInput("a session id is 16 hex digits")
     return session
 
