@@ -50,22 +50,12 @@ LIMITS_NOTE: Final = (
 
 def main() -> None:
     """Run the benchmark and write bench/results/edge_serving.json."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
-    parser.add_argument(
-        "--connections", default="1,8,64", help="parallel curl processes (default 1,8,64)"
-    )
-    parser.add_argument(
-        "--large-blocks", type=int, default=64, help="16 MiB blocks stored (default 64)"
-    )
-    parser.add_argument(
-        "--medium-blocks", type=int, default=256, help="1 MiB blocks stored (default 256)"
-    )
-    parser.add_argument(
-        "--small-blocks", type=int, default=1000, help="4 KiB blocks stored (default 1000)"
-    )
+    parser.add_argument("--connections", default="1,8,64", help="parallel curl processes (default 1,8,64)")
+    parser.add_argument("--large-blocks", type=int, default=64, help="16 MiB blocks stored (default 64)")
+    parser.add_argument("--medium-blocks", type=int, default=256, help="1 MiB blocks stored (default 256)")
+    parser.add_argument("--small-blocks", type=int, default=1000, help="4 KiB blocks stored (default 1000)")
     parser.add_argument(
         "--large-requests",
         type=int,
@@ -78,19 +68,11 @@ def main() -> None:
         default=2048,
         help="1 MiB requests per measurement (default 2048)",
     )
-    parser.add_argument(
-        "--wrk-seconds", type=int, default=10, help="wrk duration per measurement (default 10)"
-    )
-    parser.add_argument(
-        "--wrk-connections", type=int, default=64, help="wrk connections (default 64)"
-    )
+    parser.add_argument("--wrk-seconds", type=int, default=10, help="wrk duration per measurement (default 10)")
+    parser.add_argument("--wrk-connections", type=int, default=64, help="wrk connections (default 64)")
     parser.add_argument("--wrk-threads", type=int, default=2, help="wrk threads (default 2)")
-    parser.add_argument(
-        "--workdir", type=Path, help="parent folder for the temporary data (default: system temp)"
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed for block contents and request order"
-    )
+    parser.add_argument("--workdir", type=Path, help="parent folder for the temporary data (default: system temp)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for block contents and request order")
     args = parser.parse_args()
     missing = [tool for tool in ("nginx", "wrk", "curl") if shutil.which(tool) is None]
     if missing:
@@ -132,9 +114,7 @@ def main() -> None:
                 _wait_ready(procs[name], base[name] + blocks["4KiB"][0], tmp / f"{name}.log")
                 for size in ("16MiB", "1MiB", "4KiB"):
                     _check_body(base[name], blocks[size][0])
-            syscalls = {
-                name: _syscall_check(name, procs[name].pid, base[name], blocks) for name in SERVERS
-            }
+            syscalls = {name: _syscall_check(name, procs[name].pid, base[name], blocks) for name in SERVERS}
             print("warming up ...", file=sys.stderr, flush=True)
             plans = _request_plans(blocks, connections, args, rng)
             for name in SERVERS:
@@ -190,9 +170,7 @@ def main() -> None:
             stop_processes(procs)
         logs = {name: (tmp / f"{name}.log").read_text(errors="replace") for name in SERVERS}
         error_log = tmp / "nginx-error.log"
-        logs["nginx_error_log"] = (
-            error_log.read_text(errors="replace") if error_log.exists() else ""
-        )
+        logs["nginx_error_log"] = error_log.read_text(errors="replace") if error_log.exists() else ""
     summary = _summarise(raw)
     result = {
         "parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -222,8 +200,7 @@ def main() -> None:
                 {
                     line.strip()
                     for line in text.splitlines()
-                    if line.startswith(("aiohttp.", "ConnectionResetError", "OSError"))
-                    or "[error]" in line
+                    if line.startswith(("aiohttp.", "ConnectionResetError", "OSError")) or "[error]" in line
                 }
             )[:10]
             for name, text in logs.items()
@@ -286,10 +263,7 @@ def _curl_run(base: str, lists: list[list[str]], folder: Path) -> dict[str, Any]
         configs.append(cfg)
     argv = ["curl", "-s", "-w", "%{http_code} %{size_download}\\n", "-K"]
     start = time.perf_counter()
-    procs = [
-        subprocess.Popen([*argv, str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        for cfg in configs
-    ]
+    procs = [subprocess.Popen([*argv, str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) for cfg in configs]
     outputs = [p.communicate()[0] for p in procs]
     elapsed = time.perf_counter() - start
     nbytes, errors, requests = 0, 0, 0
@@ -310,9 +284,7 @@ def _curl_run(base: str, lists: list[list[str]], folder: Path) -> dict[str, Any]
     }
 
 
-def _wrk_run(
-    base: str, ids: list[str], tmp: Path, *, seconds: int, threads: int, conns: int
-) -> dict[str, Any]:
+def _wrk_run(base: str, ids: list[str], tmp: Path, *, seconds: int, threads: int, conns: int) -> dict[str, Any]:
     """wrk over all `ids` in turn; requests/s and errors."""
     prefix = "/" + base.split("/", 3)[3]
     script = tmp / "rotate.lua"
@@ -332,9 +304,7 @@ def _wrk_run(
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    errors = (int(non2xx.group(1)) if non2xx else 0) + (
-        sum(int(g) for g in sock.groups()) if sock else 0
-    )
+    errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(int(g) for g in sock.groups()) if sock else 0)
     return {
         "requests_per_s": rps,
         "requests": total,
@@ -353,10 +323,7 @@ def _measure(server_pid: int, log: Path, run: Callable[[], dict[str, Any]]) -> d
     m["server_cpu_s"] = round(_cpu_seconds(server_pid) - server_before, 3)
     m["server_log_errors"] = _log_error_lines(log) - log_errors_before
     m["client_cpu_s"] = round(
-        client_after.ru_utime
-        + client_after.ru_stime
-        - client_before.ru_utime
-        - client_before.ru_stime,
+        client_after.ru_utime + client_after.ru_stime - client_before.ru_utime - client_before.ru_stime,
         3,
     )
     return m
@@ -445,17 +412,12 @@ def _summarise(raw: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, dic
             "nginx_rounds": [m[key] for m in by_server["nginx"]],
             "cachenet_rounds": [m[key] for m in by_server["cachenet"]],
             "errors": {name: sum(m["errors"] for m in runs) for name, runs in by_server.items()},
-            "server_log_errors": {
-                name: sum(m["server_log_errors"] for m in runs) for name, runs in by_server.items()
-            },
+            "server_log_errors": {name: sum(m["server_log_errors"] for m in runs) for name, runs in by_server.items()},
             "server_cpu_s_median": {
-                name: statistics.median(m["server_cpu_s"] for m in runs)
-                for name, runs in by_server.items()
+                name: statistics.median(m["server_cpu_s"] for m in runs) for name, runs in by_server.items()
             },
         }
     return summary
-
-
 
 
 def _start_edge(tmp: Path, port: int, *, capacity: int) -> "subprocess.Popen[bytes]":
@@ -482,16 +444,11 @@ def _start_edge(tmp: Path, port: int, *, capacity: int) -> "subprocess.Popen[byt
     return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
 
 
-def _wait_ready(
-    proc: "subprocess.Popen[bytes]", url: str, log: Path, *, timeout_s: float = 60.0
-) -> None:
+def _wait_ready(proc: "subprocess.Popen[bytes]", url: str, log: Path, *, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            sys.exit(
-                f"{proc.args[0]} exited with {proc.returncode}:\n"
-                f"{log.read_text(errors='replace')[-3000:]}"
-            )
+            sys.exit(f"{proc.args[0]} exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status == 200:
@@ -506,8 +463,6 @@ def _check_body(base: str, block_id: str) -> None:
         body = resp.read()
     if digest_of(body).block_id != block_id:
         sys.exit(f"{base}{block_id} returned {len(body)} bytes that do not hash to the block id")
-
-
 
 
 if __name__ == "__main__":

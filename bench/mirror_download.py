@@ -25,11 +25,12 @@ from cachenet.cluster.demomodels import REAL_MODEL_NAME, real_model_dir
 __all__ = ("main",)
 
 
-
-
 def _start(args: list[str], port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-m", "cachenet", *args, "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cachenet", *args, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -57,15 +58,38 @@ def main() -> None:
     direct, first, second = [], [], []
     with tempfile.TemporaryDirectory(prefix="cachenet-mirror-bench-") as tmp:
         work = Path(tmp)
-        subprocess.run([sys.executable, "-m", "cachenet", "publish", str(real_model_dir()), "--name", REAL_MODEL_NAME,
-                        "--data", str(work / "upstream"), "--no-progress"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cachenet",
+                "publish",
+                str(real_model_dir()),
+                "--name",
+                REAL_MODEL_NAME,
+                "--data",
+                str(work / "upstream"),
+                "--no-progress",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         up_port = free_port()
         upstream = _start(["origin", "serve", "--data", str(work / "upstream")], up_port)
         try:
             for r in range(args.rounds):
                 port = free_port()
-                mirror = _start(["origin", "serve", "--data", str(work / f"mirror-{r}"),
-                                 "--upstream", f"http://127.0.0.1:{up_port}"], port)
+                mirror = _start(
+                    [
+                        "origin",
+                        "serve",
+                        "--data",
+                        str(work / f"mirror-{r}"),
+                        "--upstream",
+                        f"http://127.0.0.1:{up_port}",
+                    ],
+                    port,
+                )
                 try:
                     direct.append(_timed_download(f"http://127.0.0.1:{up_port}", work / f"c-direct-{r}"))
                     first.append(_timed_download(f"http://127.0.0.1:{port}", work / f"c-first-{r}"))
@@ -91,8 +115,10 @@ def main() -> None:
         "download's advantage is the WAN transfer it avoids",
     }
     path = write_result("mirror_download", result)
-    print(f"first through mirror / direct = {result['first_through_mirror_over_direct']}; "
-          f"second / first = {result['second_over_first']}; wrote {path}")
+    print(
+        f"first through mirror / direct = {result['first_through_mirror_over_direct']}; "
+        f"second / first = {result['second_over_first']}; wrote {path}"
+    )
 
 
 if __name__ == "__main__":

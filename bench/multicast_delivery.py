@@ -6,9 +6,10 @@ node whose egress is capped by `--egress-rate` (multicast sessions, unicast and 
 share the cap). The devices are N concurrent `python -m cachenet pull` processes, each
 with its own block store, `--multicast on` or `--multicast off`. For each N and each
 loss rate (the sender's test hook drops that share of datagrams, in the main pass and in
-the repair pass alike) it records the node's egress bytes by kind (from its /metrics) and the time from starting the devices to the
-last one finishing, and compares them with unicast only and with the ideal (the backbone
-once plus every adapter once). Every device's files are checked byte for byte.
+the repair pass alike) it records the node's egress bytes by kind (from its /metrics) and
+the time from starting the devices to the last one finishing, and compares them with
+unicast only and with the ideal (the backbone once plus every adapter once). Every
+device's files are checked byte for byte.
 """
 
 import argparse
@@ -73,8 +74,9 @@ def _run(
 ) -> dict[str, Any]:
     origin_port = free_port()
     origin = f"http://127.0.0.1:{origin_port}"
-    procs["origin"] = start_cachenet(tmp, "origin", ["origin", "serve", "--data", str(tmp / "origin"),
-                                                     "--port", str(origin_port), "--token", TOKEN])
+    procs["origin"] = start_cachenet(
+        tmp, "origin", ["origin", "serve", "--data", str(tmp / "origin"), "--port", str(origin_port), "--token", TOKEN]
+    )
     wait_ready(origin)
     publish = ["--origin", origin, "--token", TOKEN, "--no-progress"]
     run_cachenet(["publish", str(real_model_dir()), "--name", REAL_MODEL_NAME, *publish])
@@ -92,18 +94,40 @@ def _run(
         runs.append({"devices": n, "mode": "unicast", "loss": 0.0, "ideal_bytes": ideal, **unicast})
         for loss in losses:
             mc = _one(tmp, origin, names, expected, egress_rate, mode="on", loss=loss, procs=procs)
-            runs.append({"devices": n, "mode": "multicast", "loss": loss, "ideal_bytes": ideal, **mc,
-                         "egress_vs_ideal": round(mc["egress_bytes"] / ideal, 4),
-                         "egress_vs_unicast": round(mc["egress_bytes"] / unicast["egress_bytes"], 4),
-                         "time_vs_unicast": round(mc["time_to_last_s"] / unicast["time_to_last_s"], 4)})
+            runs.append(
+                {
+                    "devices": n,
+                    "mode": "multicast",
+                    "loss": loss,
+                    "ideal_bytes": ideal,
+                    **mc,
+                    "egress_vs_ideal": round(mc["egress_bytes"] / ideal, 4),
+                    "egress_vs_unicast": round(mc["egress_bytes"] / unicast["egress_bytes"], 4),
+                    "time_vs_unicast": round(mc["time_to_last_s"] / unicast["time_to_last_s"], 4),
+                }
+            )
             print(json.dumps(runs[-1]), flush=True)
     return {
         "egress_rate": egress_rate,
         "model": REAL_MODEL_NAME,
         "runs": runs,
-        "summary": [{k: r[k] for k in ("devices", "mode", "loss", "egress_vs_ideal", "egress_vs_unicast",
-                                        "time_vs_unicast", "repair_vs_dropped") if k in r}
-                    for r in runs if r["mode"] == "multicast"],
+        "summary": [
+            {
+                k: r[k]
+                for k in (
+                    "devices",
+                    "mode",
+                    "loss",
+                    "egress_vs_ideal",
+                    "egress_vs_unicast",
+                    "time_vs_unicast",
+                    "repair_vs_dropped",
+                )
+                if k in r
+            }
+            for r in runs
+            if r["mode"] == "multicast"
+        ],
     }
 
 
@@ -122,24 +146,75 @@ def _one(
     work = tmp / tag
     port = free_port()
     edge = f"http://127.0.0.1:{port}"
-    procs[tag] = start_cachenet(tmp, f"edge-{tag}", [
-        "edge", "serve", "--node-id", "bench-edge", "--data", str(work / "edge"), "--capacity", "4GiB",
-        "--origin", origin, "--port", str(port), "--token", TOKEN, "--egress-rate", egress_rate,
-        "--multicast-rate", egress_rate, "--multicast-window", "0.5", "--multicast-test-drop", str(loss),
-    ])
+    procs[tag] = start_cachenet(
+        tmp,
+        f"edge-{tag}",
+        [
+            "edge",
+            "serve",
+            "--node-id",
+            "bench-edge",
+            "--data",
+            str(work / "edge"),
+            "--capacity",
+            "4GiB",
+            "--origin",
+            origin,
+            "--port",
+            str(port),
+            "--token",
+            TOKEN,
+            "--egress-rate",
+            egress_rate,
+            "--multicast-rate",
+            egress_rate,
+            "--multicast-window",
+            "0.5",
+            "--multicast-test-drop",
+            str(loss),
+        ],
+    )
     wait_ready(edge)
     # Warm the node (as a placement plan would): the devices then measure delivery, not origin misses.
-    run_cachenet(["pull", names[0], "--source", edge, "--store", str(work / "warm"), "--blocks-only",
-                  "--multicast", "off", "--no-fsync", "--no-progress"])
+    run_cachenet(
+        [
+            "pull",
+            names[0],
+            "--source",
+            edge,
+            "--store",
+            str(work / "warm"),
+            "--blocks-only",
+            "--multicast",
+            "off",
+            "--no-fsync",
+            "--no-progress",
+        ]
+    )
     before = _egress(edge)
     go = work / "go"
     devices = []
     for i, name in enumerate(names):
-        argv = ["pull", name, "--source", edge, "--store", str(work / f"store-{i}"), "--out", str(work / f"out-{i}"),
-                "--multicast", mode, "--json", "--no-fsync"]
+        argv = [
+            "pull",
+            name,
+            "--source",
+            edge,
+            "--store",
+            str(work / f"store-{i}"),
+            "--out",
+            str(work / f"out-{i}"),
+            "--multicast",
+            mode,
+            "--json",
+            "--no-fsync",
+        ]
         logs = (open(work / f"device-{i}.json", "wb"), open(work / f"device-{i}.log", "wb"))  # noqa: SIM115
-        devices.append(subprocess.Popen([sys.executable, "-c", DEVICE, str(work / f"ready-{i}"), str(go), *argv],
-                                        stdout=logs[0], stderr=logs[1]))
+        devices.append(
+            subprocess.Popen(
+                [sys.executable, "-c", DEVICE, str(work / f"ready-{i}"), str(go), *argv], stdout=logs[0], stderr=logs[1]
+            )
+        )
     while not all((work / f"ready-{i}").exists() for i in range(len(names))):
         time.sleep(0.01)
     started = time.perf_counter()
@@ -204,8 +279,11 @@ def _ideal_bytes(origin: str, names: list[str]) -> int:
 
 
 def _hashes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".")}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.startswith(".")
+    }
 
 
 if __name__ == "__main__":

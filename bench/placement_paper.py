@@ -46,9 +46,7 @@ ASSUMPTIONS: Final = {
 }
 
 
-def run_setting(
-    family: str, capacities: list[int], *, time_limit_s: float, seed: int
-) -> list[dict[str, Any]]:
+def run_setting(family: str, capacities: list[int], *, time_limit_s: float, seed: int) -> list[dict[str, Any]]:
     """Every solver at every capacity for one catalogue family."""
     base = generate_scenario(
         servers=12, users=40, models=100, backbones=3, seed=seed, family=family,  # type: ignore[arg-type]
@@ -80,15 +78,9 @@ def run_setting(
                 **{k: v for k, v in placement.info.items() if k in ("gap", "bound", "optimal")},
             }
         s = row["solvers"]
-        row["trim_over_independent"] = s["trimcaching-gen"]["hit_ratio"] / max(
-            s["independent"]["hit_ratio"], 1e-12
-        )
-        row["gen_over_optimal"] = s["trimcaching-gen"]["hit_ratio"] / max(
-            s["optimal"]["hit_ratio"], 1e-12
-        )
-        log.warning(
-            "%s %.2f GB: %s", family, capacity / 1e9, {k: v["hit_ratio"] for k, v in s.items()}
-        )
+        row["trim_over_independent"] = s["trimcaching-gen"]["hit_ratio"] / max(s["independent"]["hit_ratio"], 1e-12)
+        row["gen_over_optimal"] = s["trimcaching-gen"]["hit_ratio"] / max(s["optimal"]["hit_ratio"], 1e-12)
+        log.warning("%s %.2f GB: %s", family, capacity / 1e9, {k: v["hit_ratio"] for k, v in s.items()})
         rows.append(row)
     return rows
 
@@ -96,9 +88,7 @@ def run_setting(
 def main() -> None:
     """Run both settings, write JSON and the PNG plot."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--time-limit", type=float, default=20.0, help="MILP time limit per run (s)"
-    )
+    parser.add_argument("--time-limit", type=float, default=20.0, help="MILP time limit per run (s)")
     parser.add_argument("--seed", type=int, default=0, help="scenario seed")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -122,9 +112,7 @@ def _plot(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, (family, unit, scale) in zip(
-        axes, [("lora", "GB", 1e9), ("cnn", "MB", 1e6)], strict=True
-    ):
+    for ax, (family, unit, scale) in zip(axes, [("lora", "GB", 1e9), ("cnn", "MB", 1e6)], strict=True):
         rows = results[family]
         x = [r["capacity_bytes"] / scale for r in rows]
         for idx, name in enumerate(SOLVERS):

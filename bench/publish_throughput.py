@@ -57,8 +57,22 @@ def main() -> None:
         for r in range(args.rounds):
             sha_times.append(_timed(["sha256sum", str(model)]))
             data = work / f"origin-{r}"
-            publish_times.append(_timed([sys.executable, "-m", "cachenet", "publish", str(model_dir), "--name",
-                                         "bench/model", "--data", str(data), "--no-progress"]))
+            publish_times.append(
+                _timed(
+                    [
+                        sys.executable,
+                        "-m",
+                        "cachenet",
+                        "publish",
+                        str(model_dir),
+                        "--name",
+                        "bench/model",
+                        "--data",
+                        str(data),
+                        "--no-progress",
+                    ]
+                )
+            )
             shutil.rmtree(data)
     sha, pub = statistics.median(sha_times), statistics.median(publish_times)
     result = {
@@ -74,8 +88,10 @@ def main() -> None:
         "CLI start-up included; sha256sum only hashes",
     }
     path = write_result("publish_throughput", result)
-    print(f"publish takes {result['publish_time_over_sha256sum_time']}x the time of sha256sum "
-          f"({result['cachenet_publish_gb_per_s']} vs {result['sha256sum_gb_per_s']} GB/s); wrote {path}")
+    print(
+        f"publish takes {result['publish_time_over_sha256sum_time']}x the time of sha256sum "
+        f"({result['cachenet_publish_gb_per_s']} vs {result['sha256sum_gb_per_s']} GB/s); wrote {path}"
+    )
 
 
 if __name__ == "__main__":

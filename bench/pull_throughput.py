@@ -52,9 +52,7 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=1024, help="model size (default 1024 MiB)")
     parser.add_argument("--tensors", type=int, default=300, help="tensors (default 300)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
-    parser.add_argument(
-        "--egress-rate", default="150MB", help="per-node cap for multi-source (default 150MB/s)"
-    )
+    parser.add_argument("--egress-rate", default="150MB", help="per-node cap for multi-source (default 150MB/s)")
     args = parser.parse_args()
     if shutil.which("nginx") is None or shutil.which("curl") is None:
         sys.exit("nginx and curl are needed: apt-get install -y nginx curl")
@@ -71,14 +69,10 @@ def main() -> None:
     print(f"wrote {path}")
 
 
-def _run(
-    tmp: Path, args: argparse.Namespace, procs: dict[str, "subprocess.Popen[bytes]"]
-) -> dict[str, Any]:
+def _run(tmp: Path, args: argparse.Namespace, procs: dict[str, "subprocess.Popen[bytes]"]) -> dict[str, Any]:
     model_dir = tmp / "model"
     model_dir.mkdir()
-    model = make_model(
-        model_dir / "model.safetensors", total_bytes=args.size_mib * MIB, tensors=args.tensors
-    )
+    model = make_model(model_dir / "model.safetensors", total_bytes=args.size_mib * MIB, tensors=args.tensors)
     (model_dir / "config.json").write_text('{"model_type": "bench"}')
     size = model.stat().st_size
     adapters = [_make_adapter(tmp / f"lora{i}", seed=i) for i in (1, 2)]
@@ -133,9 +127,7 @@ def _run(
     # One warm edge node: pull everything through it once, then copy its data for the others.
     edge_data = tmp / "edge-1"
     edge_port = free_port()
-    procs["edge-warmup"] = start_cachenet(
-        tmp, "edge-warmup", _edge_args(edge_data, origin, edge_port, None)
-    )
+    procs["edge-warmup"] = start_cachenet(tmp, "edge-warmup", _edge_args(edge_data, origin, edge_port, None))
     wait_ready(f"http://127.0.0.1:{edge_port}")
     for name in ("bench/lora-1", "bench/lora-2"):
         _pull(name, [f"http://127.0.0.1:{edge_port}"], tmp / "warmup-store", None, blocks_only=True)
@@ -203,9 +195,7 @@ def _run(
                 _pull("bench/model", [fast], tmp / "store", None, blocks_only=True)
                 only = _pull("bench/lora-2", [fast], tmp / "store", None, blocks_only=True)
                 one["switch_blocks_only_report_s"] = only["elapsed_s"]
-                cold_blocks = _pull(
-                    "bench/model", [fast], tmp / "store-cold-blocks", None, blocks_only=True
-                )
+                cold_blocks = _pull("bench/model", [fast], tmp / "store-cold-blocks", None, blocks_only=True)
                 one["cold_blocks_only_report_s"] = cold_blocks["elapsed_s"]
         rounds.append(one)
         print(
@@ -228,14 +218,10 @@ def _run(
     for r in range(args.rounds):
         one = {}
         for label, sources in (
-            (("one", urls[:1]), ("three", urls))
-            if r % 2 == 0
-            else (("three", urls), ("one", urls[:1]))
+            (("one", urls[:1]), ("three", urls)) if r % 2 == 0 else (("three", urls), ("one", urls[:1]))
         ):
             _drop_outputs(tmp)
-            rep = _pull(
-                "bench/model", sources, tmp / "store-multi", tmp / "out-multi", extra=["--no-fsync"]
-            )
+            rep = _pull("bench/model", sources, tmp / "store-multi", tmp / "out-multi", extra=["--no-fsync"])
             _check_identical(tmp / "out-multi" / "model.safetensors", model)
             one[f"{label}_report_s"] = rep["elapsed_s"]
             one[f"{label}_source_bytes"] = [s["bytes"] for s in rep["sources"]]
@@ -243,24 +229,16 @@ def _run(
         print(f"multi round {r + 1}: {json.dumps(one)}", file=sys.stderr)
 
     med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
-    mmed = {
-        k: statistics.median(r[k] for r in multi_rounds) for k in ("one_report_s", "three_report_s")
-    }
+    mmed = {k: statistics.median(r[k] for r in multi_rounds) for k in ("one_report_s", "three_report_s")}
     summary = {
         "model_bytes": size,
         "cold_pull_cli_over_curl": round(med["pull_cli_s"] / med["curl_s"], 3),
         "cold_pull_report_over_curl": round(med["pull_report_s"] / med["curl_s"], 3),
-        "cold_pull_nofsync_report_over_curl": round(
-            med["pull_nofsync_report_s"] / med["curl_s"], 3
-        ),
+        "cold_pull_nofsync_report_over_curl": round(med["pull_nofsync_report_s"] / med["curl_s"], 3),
         "cold_pull_GBps_report": round(size / med["pull_report_s"] / 1e9, 3),
         "curl_GBps": round(size / med["curl_s"] / 1e9, 3),
-        "warm_switch_bytes_fraction": round(
-            med["switch_fetched_bytes"] / med["cold_fetched_bytes"], 5
-        ),
-        "warm_switch_time_fraction_with_files": round(
-            med["switch_report_s"] / med["pull_report_s"], 3
-        ),
+        "warm_switch_bytes_fraction": round(med["switch_fetched_bytes"] / med["cold_fetched_bytes"], 5),
+        "warm_switch_time_fraction_with_files": round(med["switch_report_s"] / med["pull_report_s"], 3),
         "warm_switch_time_fraction_blocks_only": round(
             med["switch_blocks_only_report_s"] / med["cold_blocks_only_report_s"], 3
         ),
@@ -299,12 +277,8 @@ def _make_adapter(folder: Path, *, seed: int) -> Path:
     rng = np.random.default_rng(seed)
     tensors = {}
     for i in range(24):
-        tensors[f"base_model.model.layer.{i}.lora_A.weight"] = rng.standard_normal(
-            (16, 1536), dtype=np.float32
-        )
-        tensors[f"base_model.model.layer.{i}.lora_B.weight"] = rng.standard_normal(
-            (1536, 16), dtype=np.float32
-        )
+        tensors[f"base_model.model.layer.{i}.lora_A.weight"] = rng.standard_normal((16, 1536), dtype=np.float32)
+        tensors[f"base_model.model.layer.{i}.lora_B.weight"] = rng.standard_normal((1536, 16), dtype=np.float32)
     folder.mkdir(parents=True)
     save_file(tensors, str(folder / "adapter_model.safetensors"))
     config = {
@@ -332,9 +306,7 @@ def _pull(
         argv += ["--source", s]
     argv += ["--blocks-only"] if blocks_only or out is None else ["--out", str(out)]
     start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "cachenet", *argv], check=True, capture_output=True
-    )
+    proc = subprocess.run([sys.executable, "-m", "cachenet", *argv], check=True, capture_output=True)
     report: dict[str, Any] = json.loads(proc.stdout)
     report["wall_s"] = time.perf_counter() - start
     return report
@@ -361,10 +333,7 @@ def _edge_args(data: Path, origin: str, port: int, rate: str | None) -> list[str
 
 
 def _check_identical(got: Path, want: Path) -> None:
-    if (
-        got.stat().st_size != want.stat().st_size
-        or subprocess.run(["cmp", "-s", str(got), str(want)]).returncode
-    ):
+    if got.stat().st_size != want.stat().st_size or subprocess.run(["cmp", "-s", str(got), str(want)]).returncode:
         sys.exit(f"{got} differs from {want}")
 
 
@@ -385,10 +354,6 @@ def _drop_outputs(tmp: Path) -> None:
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
-
-
-
-
 
 
 if __name__ == "__main__":

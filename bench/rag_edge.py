@@ -179,12 +179,8 @@ STDLIB_MODULES: Final = (
 
 def main() -> None:
     """Run the benchmark and write bench/results/rag_edge.json."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--docs", type=int, default=1200, help="stdlib docstrings to ingest (default 1200)"
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--docs", type=int, default=1200, help="stdlib docstrings to ingest (default 1200)")
     parser.add_argument("--shards", type=int, default=48)
     parser.add_argument("--nprobe", type=int, default=3)
     parser.add_argument("--queries", type=int, default=500, help="measured queries per capacity")
@@ -192,9 +188,7 @@ def main() -> None:
     parser.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent over chunks")
     parser.add_argument("--deadline-ms", type=float, default=60.0)
     parser.add_argument("--backhaul-ms", type=float, default=10.0, help="one-way backhaul delay")
-    parser.add_argument(
-        "--backhaul-rate", type=float, default=20e6 / 8, help="backhaul bytes/s (default 20 Mbit/s)"
-    )
+    parser.add_argument("--backhaul-rate", type=float, default=20e6 / 8, help="backhaul bytes/s (default 20 Mbit/s)")
     parser.add_argument("--capacities", default="0.1,0.25,0.5,0.75,1.0")
     args = parser.parse_args()
     asyncio.run(_run(args))
@@ -243,9 +237,7 @@ async def _run(args: argparse.Namespace) -> None:
         print("recall@10 by nprobe:", recall)
 
         origin_runner, origin_url = await _serve(create_origin_app(origin_settings))
-        relay_runner, relay_url = await _serve(
-            _relay_app(origin_url, args.backhaul_ms / 1000, args.backhaul_rate)
-        )
+        relay_runner, relay_url = await _serve(_relay_app(origin_url, args.backhaul_ms / 1000, args.backhaul_rate))
         rows = []
         try:
             for fraction in (float(f) for f in args.capacities.split(",")):
@@ -288,9 +280,7 @@ async def _one_capacity(
     fraction: float,
     queries: list[list[float]],
 ) -> dict[str, Any]:
-    capacity = (
-        int(fraction * index.total_bytes) + 256 * 1024
-    )  # + the index block and the manifest's slack
+    capacity = int(fraction * index.total_bytes) + 256 * 1024  # + the index block and the manifest's slack
     settings = EdgeSettings(
         node_id=f"edge-{int(fraction * 100)}",
         data_dir=root / f"edge-{fraction}",
@@ -302,9 +292,7 @@ async def _one_capacity(
     )
     app = create_edge_app(settings)
     knowledge = app[edge_knowledge_key]
-    knowledge.estimator = FetchEstimator(
-        rate_bytes_per_s=args.backhaul_rate, rtt_s=2 * args.backhaul_ms / 1000
-    )
+    knowledge.estimator = FetchEstimator(rate_bytes_per_s=args.backhaul_rate, rtt_s=2 * args.backhaul_ms / 1000)
     runner, url = await _serve(app)
     latencies: dict[str, list[float]] = {"local": [], "fetched": [], "forwarded": []}
     peak = 0
@@ -392,20 +380,13 @@ def _relay_app(origin_url: str, delay_s: float, rate: float) -> web.Application:
             sessions.append(aiohttp.ClientSession())
         body = await request.read()
         await asyncio.sleep(delay_s)
-        headers = {
-            k: v
-            for k, v in request.headers.items()
-            if k.lower() in ("content-type", "if-none-match")
-        }
-        async with sessions[0].request(
-            request.method, origin_url + request.path_qs, data=body, headers=headers
-        ) as up:
+        headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "if-none-match")}
+        async with sessions[0].request(request.method, origin_url + request.path_qs, data=body, headers=headers) as up:
             data = await up.read()
             keep = {
                 k: v
                 for k, v in up.headers.items()
-                if k.lower()
-                in ("content-type", "etag", "x-blake3", "x-repo-commit", "cache-control")
+                if k.lower() in ("content-type", "etag", "x-blake3", "x-repo-commit", "cache-control")
             }
             status = up.status
         await bucket.pace(len(data))

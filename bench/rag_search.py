@@ -40,19 +40,13 @@ def main() -> None:
         shards = {}
         for j in range(k):
             rows_j = np.flatnonzero(labels == j)
-            shards[j] = Shard(
-                [ChunkInfo("s", int(r), "") for r in rows_j], np.ascontiguousarray(vectors[rows_j])
-            )
-        infos = tuple(
-            ShardInfo(f"shards/{j:05d}", "0" * 32, "0" * 64, 1, len(shards[j])) for j in range(k)
-        )
+            shards[j] = Shard([ChunkInfo("s", int(r), "") for r in rows_j], np.ascontiguousarray(vectors[rows_j]))
+        infos = tuple(ShardInfo(f"shards/{j:05d}", "0" * 32, "0" * 64, 1, len(shards[j])) for j in range(k))
         index = IndexInfo("bench", "m", DIMS, centroids, infos, n, 1, 0, args.nprobe)
         exact_s = _time_each(queries, lambda q, v=vectors: np.argpartition(-(v @ q), 10)[:10])
         ivf_s = _time_each(
             queries,
-            lambda q, i=index, s=shards: search_shards(
-                {p: s[p] for p in route_query(i, q, args.nprobe)}, q, 10
-            ),
+            lambda q, i=index, s=shards: search_shards({p: s[p] for p in route_query(i, q, args.nprobe)}, q, 10),
         )
         row = {
             "vectors": n,

@@ -77,9 +77,7 @@ SHARED_TENSORS: Final = 8
 DEVICE_THREADS: Final = 12
 DEVICE_REQUESTS_MAX: Final = 200
 # `cachenet.cli.main` with one command module: the `cachenet` script minus unrelated imports.
-_LAUNCH: Final = (
-    "import sys, cachenet.cli as c; c.COMMAND_MODULES = (sys.argv.pop(1),); sys.exit(c.main())"
-)
+_LAUNCH: Final = "import sys, cachenet.cli as c; c.COMMAND_MODULES = (sys.argv.pop(1),); sys.exit(c.main())"
 _PUBLISHED_RE: Final = re.compile(r"^published (\S+)@(\S+) = ([0-9a-f]{40}):", re.M)
 
 
@@ -144,8 +142,22 @@ class Server:
     def edge(cls, work: Path, *, node_id: str, capacity: str, origin_url: str) -> "Server":
         """An edge node on a free port, its data in `work/edge`, its log in `work/logs`."""
         port = free_port()
-        argv = ["edge", "serve", "--node-id", node_id, "--data", str(work / "edge"), "--capacity", capacity,
-                "--origin", origin_url, "--token", TOKEN, "--port", str(port)]
+        argv = [
+            "edge",
+            "serve",
+            "--node-id",
+            node_id,
+            "--data",
+            str(work / "edge"),
+            "--capacity",
+            capacity,
+            "--origin",
+            origin_url,
+            "--token",
+            TOKEN,
+            "--port",
+            str(port),
+        ]
         return cls("cachenet.edge.cli", argv, port=port, log_path=work / "logs" / "edge.log")
 
     @property
@@ -177,9 +189,7 @@ class Server:
             except OSError:
                 pass
             time.sleep(0.03)
-        raise RuntimeError(
-            f"{self.module} on port {self.port} not healthy within {START_TIMEOUT_S:.0f} s"
-        )
+        raise RuntimeError(f"{self.module} on port {self.port} not healthy within {START_TIMEOUT_S:.0f} s")
 
     def kill(self) -> None:
         """SIGKILL the process (no clean-up runs) and reap it."""
@@ -223,9 +233,7 @@ def http(
         return e.code, e.read()
 
 
-def write_random_model(
-    folder: Path, *, seed: int, tensors: int = 120, files: int = 1, max_elems: int = 16384
-) -> Path:
+def write_random_model(folder: Path, *, seed: int, tensors: int = 120, files: int = 1, max_elems: int = 16384) -> Path:
     """A Hugging Face-like folder: config.json and safetensors files of random float32 tensors.
 
     The first `SHARED_TENSORS` tensors are the same in every model (seed 0), so models share
@@ -234,8 +242,7 @@ def write_random_model(
     folder.mkdir(parents=True, exist_ok=True)
     shared_rng, rng = np.random.default_rng(0), np.random.default_rng(seed + 1)
     shared = {
-        f"shared.{k}": shared_rng.standard_normal(1024 + 512 * k, dtype=np.float32)
-        for k in range(SHARED_TENSORS)
+        f"shared.{k}": shared_rng.standard_normal(1024 + 512 * k, dtype=np.float32) for k in range(SHARED_TENSORS)
     }
     per_file = max(1, tensors // files)
     for f in range(files):
@@ -243,9 +250,7 @@ def write_random_model(
         for k in range(per_file):
             size = int(rng.integers(256, max_elems))
             part[f"layer.{f}.{k}.weight"] = rng.standard_normal(size, dtype=np.float32)
-        name = (
-            "model.safetensors" if files == 1 else f"model-{f + 1:05d}-of-{files:05d}.safetensors"
-        )
+        name = "model.safetensors" if files == 1 else f"model-{f + 1:05d}-of-{files:05d}.safetensors"
         save_file(part, str(folder / name), metadata={"format": "np"})
     (folder / "config.json").write_text(json.dumps({"model_type": "random", "seed": seed}))
     return folder
@@ -264,9 +269,7 @@ def run_publish_crashes(work: Path, *, kills: int, seed: int) -> ScenarioResult:
     try:
         origin.start()
         # Not killed: the real model (the base of the adapters) and one timing run of the publisher.
-        report = asyncio.run(
-            _publish_in_process(origin.url, real_model_dir(), REAL_MODEL_NAME, lora=False)
-        )
+        report = asyncio.run(_publish_in_process(origin.url, real_model_dir(), REAL_MODEL_NAME, lora=False))
         acked[REAL_MODEL_NAME] = (report, _expected_files(real_model_dir()))
         calib = write_random_model(work / "models" / "calib", seed=10_000)
         t0 = time.monotonic()
@@ -381,9 +384,7 @@ async def _publish_in_process(origin_url: str, folder: Path, name: str, *, lora:
 
 
 def _expected_files(folder: Path) -> dict[str, str]:
-    return {
-        rel: hashlib.sha256(src.read_bytes()).hexdigest() for src, rel in list_folder_files(folder)
-    }
+    return {rel: hashlib.sha256(src.read_bytes()).hexdigest() for src, rel in list_folder_files(folder)}
 
 
 def _check_origin(
@@ -419,9 +420,7 @@ def _check_origin(
             status, got = http("GET", f"{url}/v1/models/{name}/revisions/{rev}/files/{path}")
             if status != 200 or hashlib.sha256(got).hexdigest() != sha:
                 result.incomplete_acknowledged += 1
-                result.problems.append(
-                    f"{when}: {name}@{rev}/{path} answered {status}, not the bytes published"
-                )
+                result.problems.append(f"{when}: {name}@{rev}/{path} answered {status}, not the bytes published")
     if temps or not report.ok or not crep.ok:
         result.problems.append(f"{when}: temps={len(temps)} store={report} catalogue={crep}")
     return result.damage == before
@@ -443,9 +442,7 @@ def _start_rig(work: Path, *, models: int, capacity_models: float, name_prefix: 
     origin = Server.origin(work)
     origin.start()
     folders = {
-        f"{name_prefix}/m-{i:03d}": write_random_model(
-            work / "models" / f"m-{i:03d}", seed=20_000 + i, files=2
-        )
+        f"{name_prefix}/m-{i:03d}": write_random_model(work / "models" / f"m-{i:03d}", seed=20_000 + i, files=2)
         for i in range(models)
     }
 
@@ -470,14 +467,10 @@ def _start_rig(work: Path, *, models: int, capacity_models: float, name_prefix: 
 
 
 async def _get_text(url: str, name: str) -> str:
-    return (await asyncio.to_thread(http, "GET", f"{url}/v1/models/{name}/revisions/main"))[
-        1
-    ].decode()
+    return (await asyncio.to_thread(http, "GET", f"{url}/v1/models/{name}/revisions/main"))[1].decode()
 
 
-def _check_edge_store(
-    data: Path, result: ScenarioResult, when: str, pid: int | None = None
-) -> bool:
+def _check_edge_store(data: Path, result: ScenarioResult, when: str, pid: int | None = None) -> bool:
     before = result.damage
     store_dir = data / "store"
     temps = [p for p in (store_dir / "blocks").glob("*/*/*") if p.name.endswith(".tmp")]
@@ -558,9 +551,7 @@ def run_plan_crashes(work: Path, *, kills: int, seed: int) -> ScenarioResult:
             token=TOKEN,
         )
         assert status == 202, status
-        plan_id, missing = _wait_plan_held(
-            rig.edge, "calib", set(rig.models[names[0]].unique_blocks())
-        )
+        plan_id, missing = _wait_plan_held(rig.edge, "calib", set(rig.models[names[0]].unique_blocks()))
         window = time.monotonic() - t0
         if missing:
             raise RuntimeError(f"calibration plan did not complete: {len(missing)} blocks missing")
@@ -588,9 +579,7 @@ def run_plan_crashes(work: Path, *, kills: int, seed: int) -> ScenarioResult:
             ok = _check_edge_store(rig.data, result, f"kill {i}", rig.edge.pid)
             if got_plan != acked_plan or missing:
                 result.lost_blocks += len(missing) or 1
-                result.problems.append(
-                    f"kill {i}: plan {got_plan} (wanted {acked_plan}), {len(missing)} missing"
-                )
+                result.problems.append(f"kill {i}: plan {got_plan} (wanted {acked_plan}), {len(missing)} missing")
                 ok = False
             result.survived += ok
     finally:
@@ -624,9 +613,7 @@ def run_fetch_crashes(work: Path, *, kills: int, seed: int) -> ScenarioResult:
                     status, got = http("GET", f"{rig.edge.url}/{other}/resolve/main/{path}")
                     if status != 200 or hashlib.sha256(got).hexdigest() != sha:
                         result.lost_blocks += 1
-                        result.problems.append(
-                            f"kill {i}: {other}/{path} answered {status} after the restart"
-                        )
+                        result.problems.append(f"kill {i}: {other}/{path} answered {status} after the restart")
                         ok = False
             ok = _check_edge_store(rig.data, result, f"kill {i}, after the re-pull") and ok
             result.survived += ok
@@ -686,9 +673,7 @@ def _devices(
             if stop_after is None and local.random() < 0.15:
                 return  # the timing run: a short pull
 
-    threads = [
-        threading.Thread(target=device, args=(k,), daemon=True) for k in range(DEVICE_THREADS)
-    ]
+    threads = [threading.Thread(target=device, args=(k,), daemon=True) for k in range(DEVICE_THREADS)]
     t0 = time.monotonic()
     for t in threads:
         t.start()
@@ -711,9 +696,7 @@ _RUNNERS: Final[dict[str, Callable[..., ScenarioResult]]] = {
 
 def main() -> None:
     """Run the scenarios and write bench/results/reliability_crash.json."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kills", type=int, default=50, help="SIGKILLs per scenario (default 50)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
@@ -724,8 +707,7 @@ def main() -> None:
         for k, scenario in enumerate(args.scenarios.split(",")):
             r = _RUNNERS[scenario](work / scenario, kills=args.kills, seed=args.seed + k)
             print(
-                f"{scenario}: {r.kills} kills, {r.survived} survived, "
-                f"damage {r.damage}, {r.seconds} s",
+                f"{scenario}: {r.kills} kills, {r.survived} survived, damage {r.damage}, {r.seconds} s",
                 file=sys.stderr,
             )
             results.append(r)

@@ -128,11 +128,7 @@ def run_load(
             if status != 200:
                 raise RuntimeError(f"warm-up GET {path} answered {status}")
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            result = runner.run(
-                _drive(
-                    workload, edge.pid, connections=connections, duration_s=duration_s, seed=seed
-                )
-            )
+            result = runner.run(_drive(workload, edge.pid, connections=connections, duration_s=duration_s, seed=seed))
         result.edge_block_requests = _edge_block_requests(edge.url)
         return result
     finally:
@@ -148,12 +144,8 @@ def _publish_models(
     )
     cold = work / "models" / "cold-files"
     for k in range(cold_files):
-        write_random_model(
-            cold / f"part-{k:04d}", seed=seed * 1000 + k + 1, tensors=6, max_elems=2048
-        )
-    pool = write_random_model(
-        work / "models" / "cold-blocks", seed=seed + 7, tensors=cold_blocks, max_elems=1024
-    )
+        write_random_model(cold / f"part-{k:04d}", seed=seed * 1000 + k + 1, tensors=6, max_elems=2048)
+    pool = write_random_model(work / "models" / "cold-blocks", seed=seed + 7, tensors=cold_blocks, max_elems=1024)
     names = {"load/hot": hot, "load/cold-files": cold, "load/cold-blocks": pool}
 
     async def publish() -> dict[str, ModelManifest]:
@@ -165,9 +157,7 @@ def _publish_models(
             await target.close()
         out = {}
         for name in names:
-            status, body = await asyncio.to_thread(
-                http, "GET", f"{origin_url}/v1/models/{name}/revisions/main"
-            )
+            status, body = await asyncio.to_thread(http, "GET", f"{origin_url}/v1/models/{name}/revisions/main")
             assert status == 200, (name, status)
             out[name] = ModelManifest.from_bytes(body)
         return out
@@ -192,14 +182,10 @@ def _publish_models(
     return _Workload(edge_url, hot_blocks, files_of("load/hot", hot), pool_blocks, cold_list)
 
 
-async def _drive(
-    w: _Workload, edge_pid: int, *, connections: int, duration_s: float, seed: int
-) -> LoadResult:
+async def _drive(w: _Workload, edge_pid: int, *, connections: int, duration_s: float, seed: int) -> LoadResult:
     result = LoadResult(connections=connections, duration_s=duration_s)
     result.by_kind = {kind: 0 for kind, _ in MIX}
-    connector = aiohttp.TCPConnector(
-        limit=connections, limit_per_host=connections, force_close=False
-    )
+    connector = aiohttp.TCPConnector(limit=connections, limit_per_host=connections, force_close=False)
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     start = time.monotonic()
     deadline = start + duration_s
@@ -210,15 +196,11 @@ async def _drive(
         """(kind, url path, expected xxh3, 'block' or 'file'), misses paced evenly over the run."""
         kind = rng.choices(kinds, weights)[0]
         due = (time.monotonic() - start) / duration_s
-        if kind == "cold_block" and w.cold_block_next < min(
-            len(w.cold_blocks), int(due * len(w.cold_blocks)) + 1
-        ):
+        if kind == "cold_block" and w.cold_block_next < min(len(w.cold_blocks), int(due * len(w.cold_blocks)) + 1):
             block_id = w.cold_blocks[w.cold_block_next]
             w.cold_block_next += 1
             return kind, f"/v1/blocks/{block_id}", block_id, "block"
-        if kind == "cold_file" and w.cold_file_next < min(
-            len(w.cold_files), int(due * len(w.cold_files)) + 1
-        ):
+        if kind == "cold_file" and w.cold_file_next < min(len(w.cold_files), int(due * len(w.cold_files)) + 1):
             path, digest = w.cold_files[w.cold_file_next]
             w.cold_file_next += 1
             return kind, path, digest, "file"
@@ -294,9 +276,7 @@ def _edge_block_requests(edge_url: str) -> dict[str, float]:
 
 def main() -> None:
     """Run the load and write bench/results/reliability_load.json."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--connections", type=int, default=500)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
     parser.add_argument("--seed", type=int, default=1)

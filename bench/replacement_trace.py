@@ -94,14 +94,9 @@ def build_catalogue(*, seed: int) -> Catalogue:
         sizes.update(base)
         models.append(ModelInfo(name, dict(base), frozenset(base)))
         for a in range(ADAPTERS_PER_BACKBONE):
-            adapter_bytes = float(
-                np.exp(rng.uniform(np.log(ADAPTER_MIN_BYTES), np.log(ADAPTER_MAX_BYTES)))
-            )
+            adapter_bytes = float(np.exp(rng.uniform(np.log(ADAPTER_MIN_BYTES), np.log(ADAPTER_MAX_BYTES))))
             n_parts = int(rng.integers(1, 4))
-            part = {
-                _block_id(f"{name}-lora-{a}/{i}"): int(adapter_bytes / n_parts)
-                for i in range(n_parts)
-            }
+            part = {_block_id(f"{name}-lora-{a}/{i}"): int(adapter_bytes / n_parts) for i in range(n_parts)}
             sizes.update(part)
             models.append(ModelInfo(f"{name}-lora-{a}", {**base, **part}, frozenset(base)))
     backbone = frozenset(b for m in models for b in m.backbone_blocks)
@@ -156,9 +151,7 @@ def run_policy(
     """
     clock = ManualClock()
     half_life_s = HALF_LIFE_S if name == "sharing-lfu" else None
-    policy: ReplacementPolicy = make_policy(
-        name, capacity_bytes=capacity_bytes, clock=clock, half_life_s=half_life_s
-    )
+    policy: ReplacementPolicy = make_policy(name, capacity_bytes=capacity_bytes, clock=clock, half_life_s=half_life_s)
     model_hits = obj_hits = obj_reqs = hit_bytes = req_bytes = backbone_evicted_bytes = 0
     started = time.perf_counter()
     for i, (index, partial) in enumerate(trace):
@@ -181,8 +174,16 @@ def run_policy(
             backbone_evicted_bytes += sum(
                 catalogue.block_sizes[b] for b in info.evicted if b in catalogue.backbone_blocks
             )
-    return _counts(len(trace), model_hits, obj_hits, obj_reqs, hit_bytes, req_bytes, started,
-                   backbone_bytes_evicted=backbone_evicted_bytes if granularity == "block" else None)
+    return _counts(
+        len(trace),
+        model_hits,
+        obj_hits,
+        obj_reqs,
+        hit_bytes,
+        req_bytes,
+        started,
+        backbone_bytes_evicted=backbone_evicted_bytes if granularity == "block" else None,
+    )
 
 
 def run_libcachesim(
@@ -215,7 +216,13 @@ def run_libcachesim(
 
 
 def _counts(
-    requests: int, model_hits: int, obj_hits: int, obj_reqs: int, hit_bytes: int, req_bytes: int, started: float,
+    requests: int,
+    model_hits: int,
+    obj_hits: int,
+    obj_reqs: int,
+    hit_bytes: int,
+    req_bytes: int,
+    started: float,
     **extra: Any,
 ) -> dict[str, Any]:
     """One replay's hit and miss counts, ratios and duration."""
@@ -257,9 +264,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         rows: list[dict[str, Any]] = []
         for fraction in CAPACITY_FRACTIONS:
             capacity = int(fraction * catalogue.dedup_bytes)
-            runs: list[tuple[str, Literal["block", "model"], bool]] = [
-                (name, "block", False) for name in POLICIES
-            ]
+            runs: list[tuple[str, Literal["block", "model"], bool]] = [(name, "block", False) for name in POLICIES]
             runs += [("sharing-lru", "block", True), ("sharing-lfu", "block", True)]
             if not adapter_only:
                 runs += [(name, "model", False) for name in POLICIES]
@@ -276,9 +281,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 label = f"{name}+manifest-users" if manifest_users else name
                 rows.append(_row("cachenet", label, granularity, fraction, capacity, result))
             for name in LIBCACHESIM_POLICIES:
-                result = run_libcachesim(
-                    name, catalogue, trace, capacity_bytes=capacity, adapter_only=adapter_only
-                )
+                result = run_libcachesim(name, catalogue, trace, capacity_bytes=capacity, adapter_only=adapter_only)
                 rows.append(_row("libcachesim", name, "block", fraction, capacity, result))
             _log_rows(scenario, fraction, rows)
         scenarios[scenario] = {
@@ -359,9 +362,7 @@ def _cross_check(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             b = next(
                 r
                 for r in rows
-                if r["source"] == "libcachesim"
-                and r["policy"] == theirs
-                and r["capacity_fraction"] == fraction
+                if r["source"] == "libcachesim" and r["policy"] == theirs and r["capacity_fraction"] == fraction
             )
             checks.append(
                 {
@@ -369,8 +370,7 @@ def _cross_check(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "capacity_fraction": fraction,
                     "object_misses": [a["object_misses"], b["object_misses"]],
                     "byte_misses": [a["byte_misses"], b["byte_misses"]],
-                    "identical": a["object_misses"] == b["object_misses"]
-                    and a["byte_misses"] == b["byte_misses"],
+                    "identical": a["object_misses"] == b["object_misses"] and a["byte_misses"] == b["byte_misses"],
                 }
             )
     return checks

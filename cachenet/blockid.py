@@ -64,8 +64,7 @@ class BlockHasher:
         got = self.digest()
         if got.block_id != block_id or (blake3 is not None and got.blake3 != blake3):
             raise BlockCorrupt(
-                f"block {block_id}: the bytes hash to {got.block_id} / blake3 {got.blake3[:16]}…; "
-                "refusing them",
+                f"block {block_id}: the bytes hash to {got.block_id} / blake3 {got.blake3[:16]}…; refusing them",
                 block_id=block_id,
             )
         return got

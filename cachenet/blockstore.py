@@ -146,9 +146,7 @@ class BlockStore:
             raise BlockCorrupt(f"block {block_id} is corrupt on disk; quarantined", block_id=block_id)
         return data
 
-    def iter_chunks(
-        self, block_id: str, *, start: int = 0, end: int | None = None
-    ) -> Iterator[bytes]:
+    def iter_chunks(self, block_id: str, *, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         """Yield the block's bytes in [start, end) in chunks of at most READ_CHUNK_BYTES."""
         path = self.path(block_id)
         stop = self._sizes[block_id] if end is None else end
@@ -194,9 +192,7 @@ class BlockStore:
             w.write(data)
             return w.commit()
 
-    def writer(
-        self, block_id: str, *, blake3: str | None = None, expected_size: int | None = None
-    ) -> "BlockWriter":
+    def writer(self, block_id: str, *, blake3: str | None = None, expected_size: int | None = None) -> "BlockWriter":
         """A writer that streams one block to a temporary file and commits it verified."""
         validate_block_id(block_id)
         return BlockWriter(self, block_id, blake3=blake3, expected_size=expected_size)
@@ -462,8 +458,10 @@ class PieceWriter:
     def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write bytes of the block at `offset`."""
         if offset < 0 or offset + len(data) > self.size:
-            raise BlockCorrupt(f"block {self.block_id}: bytes {offset}-{offset + len(data)} are outside its "
-                               f"{self.size} bytes", block_id=self.block_id)
+            raise BlockCorrupt(
+                f"block {self.block_id}: bytes {offset}-{offset + len(data)} are outside its {self.size} bytes",
+                block_id=self.block_id,
+            )
         view = memoryview(data)
         with self._lock:
             if self._fd is None:
@@ -489,8 +487,9 @@ class PieceWriter:
                     hasher.update(os.pread(self._fd, min(READ_CHUNK_BYTES, self.size - offset), offset))
                 hasher.verify(self.block_id, self.blake3)
                 if hasher.size != self.size:
-                    raise BlockCorrupt(f"block {self.block_id}: {hasher.size} bytes, expected {self.size}",
-                                       block_id=self.block_id)
+                    raise BlockCorrupt(
+                        f"block {self.block_id}: {hasher.size} bytes, expected {self.size}", block_id=self.block_id
+                    )
                 if self.store.fsync:
                     os.fsync(self._fd)
                 os.close(self._fd)

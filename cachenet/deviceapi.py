@@ -62,21 +62,30 @@ _MANIFEST_SCHEMA: Final[dict[str, Any]] = {
     "type": "object",
     "required": ["format", "name", "revision", "files"],
     "properties": {
-        "format": {"type": "string"}, "name": {"type": "string"}, "revision": {"type": "string"},
-        "base": {"type": ["object", "null"]}, "metadata": {"type": "object"},
+        "format": {"type": "string"},
+        "name": {"type": "string"},
+        "revision": {"type": "string"},
+        "base": {"type": ["object", "null"]},
+        "metadata": {"type": "object"},
         "files": {"type": "array", "items": {"type": "object", "required": ["path", "size", "sha256", "blocks"]}},
     },
 }
 _HF_INFO_SCHEMA: Final[dict[str, Any]] = {
     "type": "object",
     "required": ["id", "sha", "siblings"],
-    "properties": {"id": {"type": "string"}, "sha": {"type": "string"}, "siblings": {"type": "array", "items": {
-        "type": "object", "required": ["rfilename"]}}},
+    "properties": {
+        "id": {"type": "string"},
+        "sha": {"type": "string"},
+        "siblings": {"type": "array", "items": {"type": "object", "required": ["rfilename"]}},
+    },
 }
 _HF_TREE_SCHEMA: Final[dict[str, Any]] = {
     "type": "array",
-    "items": {"type": "object", "required": ["type", "path", "oid", "size"],
-              "properties": {"type": {"enum": ["file", "directory"]}, "path": {"type": "string"}}},
+    "items": {
+        "type": "object",
+        "required": ["type", "path", "oid", "size"],
+        "properties": {"type": {"enum": ["file", "directory"]}, "path": {"type": "string"}},
+    },
 }
 
 
@@ -164,9 +173,7 @@ def git_oid(f: FileManifest) -> str:
     instead (clients treat the blob id as an opaque name).
     """
     if is_lfs_file(f):
-        pointer = (
-            f"version https://git-lfs.github.com/spec/v1\noid sha256:{f.sha256}\nsize {f.size}\n"
-        ).encode()
+        pointer = (f"version https://git-lfs.github.com/spec/v1\noid sha256:{f.sha256}\nsize {f.size}\n").encode()
         return hashlib.sha1(b"blob %d\0" % len(pointer) + pointer, usedforsecurity=False).hexdigest()
     return f.sha256[:40]
 
@@ -174,40 +181,112 @@ def git_oid(f: FileManifest) -> str:
 SentHook = Callable[[web.Request, int], None]
 
 
-def add_device_routes(app: web.Application, source: ModelSource, doc: ApiDoc, *, on_sent: SentHook | None = None) -> None:
+def add_device_routes(
+    app: web.Application, source: ModelSource, doc: ApiDoc, *, on_sent: SentHook | None = None
+) -> None:
     """Register the device API on `app`, serving from `source`; `on_sent` hears of every body sent whole."""
     api = _DeviceApi(source, on_sent)
     r = app.router
     name = f"{{name:{MODEL_NAME_PATTERN}}}"
     block = f"{{block_id:{_BLOCK_PATTERN}}}"
     file_path = "{path:.+}"
-    doc.route(r, "GET", f"/v1/blocks/{block}", api.get_block, summary="Get a block by id", content="application/octet-stream",
-              responses={200: "block bytes", 206: "partial block", 304: "not modified"})
-    doc.route(r, "HEAD", f"/v1/blocks/{block}", api.get_block, summary="Block headers", content="",
-              responses={200: "block exists"})
-    doc.route(r, "GET", "/v1/models", api.list_models, summary="List models and their tags",
-              schema={"type": "object", "required": ["models"], "properties": {"models": {"type": "array"}}})
-    doc.route(r, "GET", f"/v1/models/{name}/revisions/{{revision}}", api.get_manifest,
-              summary="Get a model manifest by revision or tag", schema=_MANIFEST_SCHEMA)
-    doc.route(r, "GET", f"/v1/models/{name}/revisions/{{revision}}/files/{file_path}", api.get_file,
-              summary="Download an assembled file", content="application/octet-stream",
-              responses={200: "file bytes", 206: "partial file"})
-    doc.route(r, "HEAD", f"/v1/models/{name}/revisions/{{revision}}/files/{file_path}", api.get_file,
-              summary="Assembled file headers", content="")
-    doc.route(r, "GET", f"/api/models/{name}/revision/{{revision}}", api.hf_model_info,
-              summary="Hugging Face model info at a revision", schema=_HF_INFO_SCHEMA)
-    doc.route(r, "GET", f"/api/models/{name}/tree/{{revision}}", api.hf_tree,
-              summary="Hugging Face tree listing", query={"recursive": {"type": "boolean"}}, schema=_HF_TREE_SCHEMA)
-    doc.route(r, "GET", f"/api/models/{name}/tree/{{revision}}/{file_path}", api.hf_tree,
-              summary="Hugging Face tree listing under a folder", query={"recursive": {"type": "boolean"}},
-              schema=_HF_TREE_SCHEMA)
-    doc.route(r, "GET", f"/api/models/{name}", api.hf_model_info, summary="Hugging Face model info",
-              schema=_HF_INFO_SCHEMA)
-    doc.route(r, "GET", f"/{name}/resolve/{{revision}}/{file_path}", api.hf_resolve,
-              summary="Hugging Face file download", content="application/octet-stream",
-              responses={200: "file bytes", 206: "partial file"})
-    doc.route(r, "HEAD", f"/{name}/resolve/{{revision}}/{file_path}", api.hf_resolve,
-              summary="Hugging Face file metadata", content="")
+    doc.route(
+        r,
+        "GET",
+        f"/v1/blocks/{block}",
+        api.get_block,
+        summary="Get a block by id",
+        content="application/octet-stream",
+        responses={200: "block bytes", 206: "partial block", 304: "not modified"},
+    )
+    doc.route(
+        r,
+        "HEAD",
+        f"/v1/blocks/{block}",
+        api.get_block,
+        summary="Block headers",
+        content="",
+        responses={200: "block exists"},
+    )
+    doc.route(
+        r,
+        "GET",
+        "/v1/models",
+        api.list_models,
+        summary="List models and their tags",
+        schema={"type": "object", "required": ["models"], "properties": {"models": {"type": "array"}}},
+    )
+    doc.route(
+        r,
+        "GET",
+        f"/v1/models/{name}/revisions/{{revision}}",
+        api.get_manifest,
+        summary="Get a model manifest by revision or tag",
+        schema=_MANIFEST_SCHEMA,
+    )
+    doc.route(
+        r,
+        "GET",
+        f"/v1/models/{name}/revisions/{{revision}}/files/{file_path}",
+        api.get_file,
+        summary="Download an assembled file",
+        content="application/octet-stream",
+        responses={200: "file bytes", 206: "partial file"},
+    )
+    doc.route(
+        r,
+        "HEAD",
+        f"/v1/models/{name}/revisions/{{revision}}/files/{file_path}",
+        api.get_file,
+        summary="Assembled file headers",
+        content="",
+    )
+    doc.route(
+        r,
+        "GET",
+        f"/api/models/{name}/revision/{{revision}}",
+        api.hf_model_info,
+        summary="Hugging Face model info at a revision",
+        schema=_HF_INFO_SCHEMA,
+    )
+    doc.route(
+        r,
+        "GET",
+        f"/api/models/{name}/tree/{{revision}}",
+        api.hf_tree,
+        summary="Hugging Face tree listing",
+        query={"recursive": {"type": "boolean"}},
+        schema=_HF_TREE_SCHEMA,
+    )
+    doc.route(
+        r,
+        "GET",
+        f"/api/models/{name}/tree/{{revision}}/{file_path}",
+        api.hf_tree,
+        summary="Hugging Face tree listing under a folder",
+        query={"recursive": {"type": "boolean"}},
+        schema=_HF_TREE_SCHEMA,
+    )
+    doc.route(
+        r, "GET", f"/api/models/{name}", api.hf_model_info, summary="Hugging Face model info", schema=_HF_INFO_SCHEMA
+    )
+    doc.route(
+        r,
+        "GET",
+        f"/{name}/resolve/{{revision}}/{file_path}",
+        api.hf_resolve,
+        summary="Hugging Face file download",
+        content="application/octet-stream",
+        responses={200: "file bytes", 206: "partial file"},
+    )
+    doc.route(
+        r,
+        "HEAD",
+        f"/{name}/resolve/{{revision}}/{file_path}",
+        api.hf_resolve,
+        summary="Hugging Face file metadata",
+        content="",
+    )
 
 
 class _DeviceApi:
@@ -402,4 +481,3 @@ class _FileParts:
     async def pieces(self, start: int, end: int) -> AsyncIterator[Piece]:
         for ref, lo, hi in self.f.segments_in(start, end):
             yield await self.source.open_block(ref.block_id, blake3=ref.blake3, model=self.model), lo, hi
-

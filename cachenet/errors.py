@@ -1,24 +1,24 @@
 """The one exception hierarchy of cachenet, with the HTTP status each error maps to.
 
-    CachenetError
-    ├── NotFound (LookupError)                 404
-    │   ├── BlockNotFound
-    │   ├── ModelNotFound
-    │   └── FileNotInModel
-    ├── IntegrityError (ValueError)            409
-    │   ├── BlockCorrupt                       bytes do not match their id or BLAKE3
-    │   └── HashCollision                      same XXH3 id, different BLAKE3
-    ├── BadInput (ValueError)                  422
-    │   ├── InvalidName                        names, ids, paths from the network
-    │   ├── ManifestInvalid
-    │   ├── SafetensorsInvalid
-    │   └── MissingBlocks                      a manifest names blocks the store lacks
-    ├── RangeNotSatisfiable (ValueError)       416
-    ├── CapacityExceeded (OSError)             507
-    ├── Unauthorized (PermissionError)         401
-    ├── Forbidden (PermissionError)             403   refused by a rule (e.g. a deny pattern)
-    └── UpstreamUnavailable (ConnectionError)  503
-        └── UpstreamTimeout                    504   an upstream hub cannot be reached
+CachenetError
+├── NotFound (LookupError)                 404
+│   ├── BlockNotFound
+│   ├── ModelNotFound
+│   └── FileNotInModel
+├── IntegrityError (ValueError)            409
+│   ├── BlockCorrupt                       bytes do not match their id or BLAKE3
+│   └── HashCollision                      same XXH3 id, different BLAKE3
+├── BadInput (ValueError)                  422
+│   ├── InvalidName                        names, ids, paths from the network
+│   ├── ManifestInvalid
+│   ├── SafetensorsInvalid
+│   └── MissingBlocks                      a manifest names blocks the store lacks
+├── RangeNotSatisfiable (ValueError)       416
+├── CapacityExceeded (OSError)             507
+├── Unauthorized (PermissionError)         401
+├── Forbidden (PermissionError)             403   refused by a rule (e.g. a deny pattern)
+└── UpstreamUnavailable (ConnectionError)  503
+    └── UpstreamTimeout                    504   an upstream hub cannot be reached
 """
 
 from typing import Any, ClassVar

@@ -8,6 +8,7 @@ stored, and a device never receives a complete body that does not match its hash
 """
 
 import asyncio
+import functools
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -89,6 +90,9 @@ class Flight:
             if self.attempt != attempt or self.error is not None:
                 raise self.error or UpstreamUnavailable(f"block {self.block_id}: transfer restarted")
 
+    def _moved_past(self, position: int, attempt: int) -> bool:
+        return self.written > position or self.done or self.attempt != attempt
+
     async def iter_range(self, start: int, end: int) -> AsyncIterator[bytes]:
         """Yield bytes [start, end) as they arrive; raise if the transfer fails or restarts."""
         attempt = self.attempt
@@ -100,9 +104,7 @@ class Flight:
             position = start
             while position < end:
                 async with self._changed:
-                    await self._changed.wait_for(
-                        lambda: self.written > position or self.done or self.attempt != attempt
-                    )
+                    await self._changed.wait_for(functools.partial(self._moved_past, position, attempt))
                     if self.attempt != attempt or (self.done and self.error is not None):
                         raise self.error or UpstreamUnavailable(
                             f"block {self.block_id}: upstream transfer restarted", block_id=self.block_id

@@ -212,9 +212,7 @@ class Shard:
 def collection_model_name(collection: str) -> str:
     """The catalogue name of a collection (`knowledge/<collection>`); raises `InvalidName`."""
     if not isinstance(collection, str) or "/" in collection:
-        raise BadInput(
-            f"invalid collection name {str(collection)[:100]!r}: use letters, digits, '.', '_', '-'"
-        )
+        raise BadInput(f"invalid collection name {str(collection)[:100]!r}: use letters, digits, '.', '_', '-'")
     return validate_model_name(KNOWLEDGE_PREFIX + collection)
 
 
@@ -225,9 +223,7 @@ def encode_shard(chunks: Sequence[ChunkInfo], vectors: Vectors) -> bytes:
     """Serialise chunks and their vectors; the same content always gives the same bytes."""
     vectors = np.ascontiguousarray(vectors, dtype="<f4")
     if vectors.ndim != 2 or vectors.shape[0] != len(chunks):
-        raise BadInput(
-            f"a shard needs one vector per chunk: {len(chunks)} chunks, vectors {vectors.shape}"
-        )
+        raise BadInput(f"a shard needs one vector per chunk: {len(chunks)} chunks, vectors {vectors.shape}")
     header = canonical_json(
         {
             "format": SHARD_FORMAT,
@@ -256,20 +252,12 @@ def decode_shard(data: bytes | memoryview) -> Shard:
     except (ValueError, KeyError, TypeError) as e:
         raise ManifestInvalid(f"malformed knowledge shard header: {e!r}") from None
     if header.get("format") != SHARD_FORMAT or len(chunks) != count or dims <= 0:
-        raise ManifestInvalid(
-            f"knowledge shard header is not {SHARD_FORMAT} or its counts disagree"
-        )
+        raise ManifestInvalid(f"knowledge shard header is not {SHARD_FORMAT} or its counts disagree")
     offset = start + length + (-(start + length) % 4)
     if len(data) - offset != count * dims * 4:
-        raise ManifestInvalid(
-            f"knowledge shard holds {len(data) - offset} vector bytes, expected {count * dims * 4}"
-        )
+        raise ManifestInvalid(f"knowledge shard holds {len(data) - offset} vector bytes, expected {count * dims * 4}")
     # A copy, so every node scores from identically laid-out (aligned, owned) memory.
-    vectors = (
-        np.frombuffer(data, dtype="<f4", count=count * dims, offset=offset)
-        .reshape(count, dims)
-        .copy()
-    )
+    vectors = np.frombuffer(data, dtype="<f4", count=count * dims, offset=offset).reshape(count, dims).copy()
     return Shard(chunks, vectors.astype(np.float32, copy=False), nbytes=len(data))
 
 
@@ -365,12 +353,8 @@ def parse_query(doc: object, *, dims: int | None = None) -> QueryInfo:
     if (text is None) == (embedding is None):
         raise BadInput("give exactly one of 'text' or 'embedding'")
     vec: Vectors | None = None
-    if text is not None and (
-        not isinstance(text, str) or not text.strip() or len(text) > MAX_QUERY_TEXT_CHARS
-    ):
-        raise BadInput(
-            f"'text' must be a non-empty string of at most {MAX_QUERY_TEXT_CHARS} characters"
-        )
+    if text is not None and (not isinstance(text, str) or not text.strip() or len(text) > MAX_QUERY_TEXT_CHARS):
+        raise BadInput(f"'text' must be a non-empty string of at most {MAX_QUERY_TEXT_CHARS} characters")
     if embedding is not None:
         if not isinstance(embedding, list) or not all(
             isinstance(x, int | float) and not isinstance(x, bool) for x in embedding
@@ -394,9 +378,7 @@ def parse_query(doc: object, *, dims: int | None = None) -> QueryInfo:
     nprobe = _int_field(doc, "nprobe", None, 1, 1 << 20)
     deadline = doc.get("deadline_ms")
     if deadline is not None and (
-        not isinstance(deadline, int | float)
-        or isinstance(deadline, bool)
-        or not 0 < deadline < 1e9
+        not isinstance(deadline, int | float) or isinstance(deadline, bool) or not 0 < deadline < 1e9
     ):
         raise BadInput(f"'deadline_ms' must be a positive number of milliseconds, got {deadline!r}")
     revision = validate_revision(doc.get("revision") or "main")
@@ -554,10 +536,7 @@ class Embedder:
             else:
                 os.environ["HF_HUB_OFFLINE"] = previous
         self.model_name = model_name
-        dims = (
-            getattr(self._model, "get_embedding_dimension", None)
-            or self._model.get_sentence_embedding_dimension
-        )
+        dims = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
         self.dims = int(dims() or 0)
         self._lock = threading.Lock()
 
@@ -592,9 +571,7 @@ def _load_embedder() -> Embedder:
     try:
         return Embedder(real_model_dir(), model_name=REAL_MODEL_NAME)
     except ImportError as e:
-        raise NotFound(
-            f"sentence-transformers is not installed ({e}); pip install 'cachenet[rag]'"
-        ) from None
+        raise NotFound(f"sentence-transformers is not installed ({e}); pip install 'cachenet[rag]'") from None
 
 
 def _int_field(doc: Mapping[str, Any], key: str, default: int | None, lo: int, hi: int) -> Any:

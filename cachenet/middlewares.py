@@ -31,9 +31,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as e:
         if e.status >= 400 and e.content_type != "application/json":
             name = type(e).__name__.removeprefix("HTTP")
-            return web.json_response(
-                {"error": name, "message": e.reason}, status=e.status, headers=_allowed(e)
-            )
+            return web.json_response({"error": name, "message": e.reason}, status=e.status, headers=_allowed(e))
         raise
     except (ConnectionResetError, TimeoutError):
         raise
@@ -51,9 +49,7 @@ def require_token(request: web.Request, token: str | None) -> None:
     given = request.headers.get("Authorization", "")
     scheme, _, value = given.partition(" ")
     ok = (
-        token is not None
-        and scheme.lower() == "bearer"
-        and hmac.compare_digest(value.strip().encode(), token.encode())
+        token is not None and scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
     )
     if not ok:
         raise Unauthorized("this operator endpoint needs 'Authorization: Bearer <token>' with the operator token")

@@ -53,9 +53,7 @@ def validate_file_path(path: str) -> str:
         raise InvalidName(f"invalid file path {str(path)[:100]!r}", name=str(path)[:100])
     for part in path.split("/"):
         if part in ("", ".", "..") or not _PATH_PART_RE.match(part):
-            raise InvalidName(
-                f"invalid file path {path[:100]!r}: components must be plain names", name=path[:100]
-            )
+            raise InvalidName(f"invalid file path {path[:100]!r}: components must be plain names", name=path[:100])
     return path
 
 

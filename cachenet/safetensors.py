@@ -129,8 +129,7 @@ def parse_header(prefix: bytes | memoryview, *, file_size: int, name: str = "<fi
         bits = math.prod(shape) * DTYPE_BITS[dtype]
         if bits % 8 or bits // 8 != end - begin:
             raise bad(
-                f"tensor {tname!r}: shape {shape} of {dtype} needs {bits / 8:g} bytes, "
-                f"data_offsets give {end - begin}"
+                f"tensor {tname!r}: shape {shape} of {dtype} needs {bits / 8:g} bytes, data_offsets give {end - begin}"
             )
         tensors.append(TensorInfo(tname, dtype, tuple(shape), data_start + begin, data_start + end))
     tensors.sort(key=lambda t: (t.start, t.end))

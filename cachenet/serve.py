@@ -38,18 +38,14 @@ def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     return context
 
 
-def run_app(
-    app: web.Application, *, host: str, port: int, name: str, ssl_context: ssl.SSLContext | None = None
-) -> int:
+def run_app(app: web.Application, *, host: str, port: int, name: str, ssl_context: ssl.SSLContext | None = None) -> int:
     """Serve `app` on host:port with uvloop; returns 0 after SIGINT/SIGTERM, cleaning up first."""
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(_serve(app, host, port, name, ssl_context))
     return 0
 
 
-async def _serve(
-    app: web.Application, host: str, port: int, name: str, ssl_context: ssl.SSLContext | None
-) -> None:
+async def _serve(app: web.Application, host: str, port: int, name: str, ssl_context: ssl.SSLContext | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

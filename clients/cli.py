@@ -25,18 +25,13 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
         description="Fetch the blocks of NAME[@REV] the local block store lacks from one or more "
         "origin/edge servers in parallel, verify each, and write the model's files atomically.",
     )
-    p.add_argument(
-        "model", metavar="NAME[@REV]", help="model name, optionally @tag or @commit (default main)"
-    )
-    p.add_argument(
-        "--out", type=Path, help="folder to write the files to (default: ./<model name>)"
-    )
+    p.add_argument("model", metavar="NAME[@REV]", help="model name, optionally @tag or @commit (default main)")
+    p.add_argument("--out", type=Path, help="folder to write the files to (default: ./<model name>)")
     p.add_argument(
         "--source",
         dest="sources",
         action="append",
-        help=f"origin or edge node URL, repeatable (default ${SOURCES_ENV}, "
-        f"comma-separated, else {DEFAULT_SOURCE})",
+        help=f"origin or edge node URL, repeatable (default ${SOURCES_ENV}, comma-separated, else {DEFAULT_SOURCE})",
     )
     p.add_argument(
         "--merge-lora",
@@ -64,8 +59,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
         "--stall-timeout",
         type=float,
         default=_DEFAULTS.stall_timeout_s,
-        help=f"seconds without bytes before a transfer moves to another source "
-        f"(default {_DEFAULTS.stall_timeout_s:g})",
+        help=f"seconds without bytes before a transfer moves to another source (default {_DEFAULTS.stall_timeout_s:g})",
     )
     p.add_argument(
         "--blocks-only",
@@ -89,8 +83,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument(
         "--link-rate",
         type=parse_rate,
-        help="what this device's link takes, e.g. 20Mbit: the node keeps faster multicast groups "
-        "from waiting for it",
+        help="what this device's link takes, e.g. 20Mbit: the node keeps faster multicast groups from waiting for it",
     )
     p.add_argument("--no-fsync", dest="fsync", action="store_false", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -102,11 +95,7 @@ def _pull(args: argparse.Namespace) -> int:
     from clients.multicast import MulticastOptions
     from clients.pull import pull
 
-    sources = (
-        args.sources
-        or [u for u in os.environ.get(SOURCES_ENV, "").split(",") if u.strip()]
-        or [DEFAULT_SOURCE]
-    )
+    sources = args.sources or [u for u in os.environ.get(SOURCES_ENV, "").split(",") if u.strip()] or [DEFAULT_SOURCE]
     settings = PullSettings(
         concurrency=args.concurrency,
         per_source_connections=args.per_source,
@@ -115,11 +104,7 @@ def _pull(args: argparse.Namespace) -> int:
     )
     out = None
     if args.write:
-        out = (
-            args.out
-            if args.out is not None
-            else Path(args.model.partition("@")[0].rsplit("/", 1)[-1])
-        )
+        out = args.out if args.out is not None else Path(args.model.partition("@")[0].rsplit("/", 1)[-1])
     report = asyncio.run(
         pull(
             args.model,
@@ -128,9 +113,7 @@ def _pull(args: argparse.Namespace) -> int:
             store=args.store,
             merge_lora=args.merge_lora,
             settings=settings,
-            multicast=MulticastOptions(
-                mode=args.multicast, interface=args.multicast_interface, rate=args.link_rate
-            ),
+            multicast=MulticastOptions(mode=args.multicast, interface=args.multicast_interface, rate=args.link_rate),
             progress=False if args.no_progress or args.json else None,
             env=os.environ,
         )

@@ -36,9 +36,7 @@ class PullSettings:
             if getattr(self, name) <= 0:
                 raise BadInput(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_attempts < 1 or self.write_chunk_bytes < 4096 or self.assemble_threads < 1:
-            raise BadInput(
-                "max_attempts and assemble_threads must be >= 1, write_chunk_bytes >= 4096"
-            )
+            raise BadInput("max_attempts and assemble_threads must be >= 1, write_chunk_bytes >= 4096")
 
 
 DEFAULT_SETTINGS: Final = PullSettings()

@@ -54,9 +54,7 @@ class _Partial:
 class BlockFetcher:
     """Fetches blocks missing from `store` through `pool`; one transfer per block."""
 
-    def __init__(
-        self, store: BlockStore, pool: SourcePool, *, progress: Progress | None = None
-    ) -> None:
+    def __init__(self, store: BlockStore, pool: SourcePool, *, progress: Progress | None = None) -> None:
         self.store = store
         self.pool = pool
         self.progress = progress
@@ -104,9 +102,7 @@ class BlockFetcher:
                 await _cancel(created)
                 raise
 
-    def _start(
-        self, refs: Iterable[BlockRef]
-    ) -> tuple[list[asyncio.Task[None]], list[asyncio.Task[None]]]:
+    def _start(self, refs: Iterable[BlockRef]) -> tuple[list[asyncio.Task[None]], list[asyncio.Task[None]]]:
         tasks, created = [], []
         # Largest first: the long transfers start early and the tail is made of small ones.
         for ref in sorted(refs, key=lambda r: -r.size):
@@ -169,9 +165,7 @@ class BlockFetcher:
                 except BlockCorrupt as e:
                     attempts += 1
                     self._refused += 1
-                    contributors = (
-                        partial.contributors | {src.url} if partial is not None else {src.url}
-                    )
+                    contributors = partial.contributors | {src.url} if partial is not None else {src.url}
                     wasted = partial.writer.written if partial is not None else 0
                     self._wasted += wasted
                     if self.progress is not None and wasted:
@@ -193,9 +187,7 @@ class BlockFetcher:
                     self.pool.failed(src, e, transport=not isinstance(e, CachenetError))
                     excluded.add(src.url)
                     problems.append(f"{src.url}: {type(e).__name__}: {e}"[:200])
-                    log.info(
-                        "block %s from %s failed (%s); trying elsewhere", ref.block_id, src.url, e
-                    )
+                    log.info("block %s from %s failed (%s); trying elsewhere", ref.block_id, src.url, e)
                     continue
                 finally:
                     await self.pool.release(src, unused=max(0, owed - got))
@@ -216,15 +208,12 @@ class BlockFetcher:
         headers = {"Range": f"bytes={start}-"} if start else {}
         chunk_bytes = self.pool.settings.write_chunk_bytes
         got = 0
-        async with self.pool.session.get(
-            f"{src.url}/v1/blocks/{ref.block_id}", headers=headers
-        ) as resp:
+        async with self.pool.session.get(f"{src.url}/v1/blocks/{ref.block_id}", headers=headers) as resp:
             await raise_for_status(resp)
             claimed = resp.headers.get(BLAKE3_HEADER)
             if claimed is not None and claimed != ref.blake3:
                 raise BlockCorrupt(
-                    f"block {ref.block_id}: the source names BLAKE3 {claimed[:16]}…, "
-                    "the manifest another",
+                    f"block {ref.block_id}: the source names BLAKE3 {claimed[:16]}…, the manifest another",
                     block_id=ref.block_id,
                 )
             skip = 0
@@ -232,8 +221,7 @@ class BlockFetcher:
                 expected_range = f"bytes {start}-{ref.size - 1}/{ref.size}"
                 if resp.headers.get("Content-Range") != expected_range:
                     raise BlockCorrupt(
-                        f"block {ref.block_id}: asked for {expected_range}, got "
-                        f"{resp.headers.get('Content-Range')!r}",
+                        f"block {ref.block_id}: asked for {expected_range}, got {resp.headers.get('Content-Range')!r}",
                         block_id=ref.block_id,
                     )
             elif start:
@@ -241,8 +229,7 @@ class BlockFetcher:
             length = resp.content_length
             if length is not None and length != ref.size - start + skip:
                 raise BlockCorrupt(
-                    f"block {ref.block_id}: {length} bytes announced, "
-                    f"{ref.size - start + skip} expected",
+                    f"block {ref.block_id}: {length} bytes announced, {ref.size - start + skip} expected",
                     block_id=ref.block_id,
                 )
             pending: list[bytes] = []
@@ -266,16 +253,12 @@ class BlockFetcher:
             if pending:
                 await self._write(src, partial, pending, pending_bytes)
         if writer.written != ref.size:
-            raise ConnectionResetError(
-                f"block {ref.block_id}: the body ended at byte {writer.written} of {ref.size}"
-            )
+            raise ConnectionResetError(f"block {ref.block_id}: the body ended at byte {writer.written} of {ref.size}")
         return got
 
     async def _write(self, src: Source, partial: _Partial, pieces: list[bytes], size: int) -> None:
         partial.contributors.add(src.url)
-        await asyncio.to_thread(
-            partial.writer.write, pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        )
+        await asyncio.to_thread(partial.writer.write, pieces[0] if len(pieces) == 1 else b"".join(pieces))
         if self.progress is not None:
             self.progress(size)
 

@@ -58,9 +58,7 @@ class AnswerInfo:
 class KnowledgeClient:
     """Queries knowledge collections on one server (origin or edge node)."""
 
-    def __init__(
-        self, source: str = DEFAULT_RAG_SOURCE, *, session: aiohttp.ClientSession | None = None
-    ) -> None:
+    def __init__(self, source: str = DEFAULT_RAG_SOURCE, *, session: aiohttp.ClientSession | None = None) -> None:
         self.source = source.rstrip("/")
         self._own_session = session is None
         self.session = session or aiohttp.ClientSession(timeout=DEFAULT_TIMEOUT)

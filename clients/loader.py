@@ -133,9 +133,7 @@ class RemoteModel(Mapping[str, Any]):
         """`prefetch` for code running on an event loop."""
         return await self._runner.wrap(self._prefetch(None if names is None else list(names)))
 
-    def materialize(
-        self, out_dir: Path, *, merge_lora: bool = False, progress: bool | None = False
-    ) -> PullReport:
+    def materialize(self, out_dir: Path, *, merge_lora: bool = False, progress: bool | None = False) -> PullReport:
         """Write the model's files to `out_dir` (fetching what is still missing), as `pull` does."""
         return self._runner.run(self._materialize(Path(out_dir), merge_lora, progress))
 
@@ -188,9 +186,7 @@ class RemoteModel(Mapping[str, Any]):
         await self._fetcher.ensure(ref for n in chosen for ref in self.blocks_of(n))
         return self._fetcher.stats().fetched_bytes - before
 
-    async def _materialize(
-        self, out_dir: Path, merge_lora: bool, progress: bool | None
-    ) -> PullReport:
+    async def _materialize(self, out_dir: Path, merge_lora: bool, progress: bool | None) -> PullReport:
         return await fetch_and_write(
             self.manifest,
             self.base,
@@ -303,9 +299,7 @@ async def _open(
     try:
         manifest, base = await resolve_model(pool, name, revision)
         fetcher = BlockFetcher(block_store, pool)
-        files = [
-            f for m in (base, manifest) if m is not None for f in m.files if f.kind == "safetensors"
-        ]
+        files = [f for m in (base, manifest) if m is not None for f in m.files if f.kind == "safetensors"]
         headers = dict(
             zip(
                 (f.path for f in files),
@@ -372,9 +366,7 @@ class _LoopThread:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self.loop.run_forever, name="cachenet-loader", daemon=True
-        )
+        self._thread = threading.Thread(target=self.loop.run_forever, name="cachenet-loader", daemon=True)
         self._thread.start()
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> "Future[T]":

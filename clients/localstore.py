@@ -30,9 +30,7 @@ def default_home(env: Mapping[str, str]) -> Path:
     return Path(cache).expanduser() / "cachenet"
 
 
-def open_local_store(
-    root: Path | None, *, env: Mapping[str, str], fsync: bool = True
-) -> BlockStore:
+def open_local_store(root: Path | None, *, env: Mapping[str, str], fsync: bool = True) -> BlockStore:
     """The block store at `root`, or at the default home when `root` is None."""
     return BlockStore(root if root is not None else default_home(env), fsync=fsync)
 

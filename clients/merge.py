@@ -35,13 +35,9 @@ __all__ = (
     "plan_merge",
 )
 
-ADAPTER_FILES: Final = frozenset(
-    {"adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"}
-)
+ADAPTER_FILES: Final = frozenset({"adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"})
 _PEFT_PREFIX: Final = "base_model.model."
-_LORA_KEY: Final = re.compile(
-    r"^(?P<module>.+)\.lora_(?P<kind>A|B|embedding_A|embedding_B)(?:\.[^.]+)?(?:\.weight)?$"
-)
+_LORA_KEY: Final = re.compile(r"^(?P<module>.+)\.lora_(?P<kind>A|B|embedding_A|embedding_B)(?:\.[^.]+)?(?:\.weight)?$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,25 +54,19 @@ class LoraSpec:
     alpha_pattern: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
-    def from_config(
-        cls, config: Mapping[str, Any] | None, metadata: Mapping[str, Any] | None
-    ) -> "LoraSpec":
+    def from_config(cls, config: Mapping[str, Any] | None, metadata: Mapping[str, Any] | None) -> "LoraSpec":
         """From the adapter's `adapter_config.json`, else the manifest's `metadata.lora`."""
         doc = dict(metadata or {})
         doc.update(config or {})
         if str(doc.get("peft_type", "LORA")).upper() != "LORA":
-            raise BadInput(
-                f"peft_type {doc.get('peft_type')!r} cannot be merged; only LORA adapters"
-            )
+            raise BadInput(f"peft_type {doc.get('peft_type')!r} cannot be merged; only LORA adapters")
         try:
             r = int(doc.get("r", 8))
             alpha = float(doc.get("lora_alpha", r))
             ranks = {str(k): int(v) for k, v in (doc.get("rank_pattern") or {}).items()}
             alphas = {str(k): float(v) for k, v in (doc.get("alpha_pattern") or {}).items()}
         except (TypeError, ValueError, AttributeError):
-            raise BadInput(
-                "the LoRA config's r, lora_alpha, rank_pattern and alpha_pattern must be numbers"
-            ) from None
+            raise BadInput("the LoRA config's r, lora_alpha, rank_pattern and alpha_pattern must be numbers") from None
         if r <= 0:
             raise BadInput(f"LoRA rank r must be positive, got {r}")
         targets = doc.get("target_modules") or ()
@@ -125,9 +115,7 @@ class MergeOp:
     replacement: TensorInfo | None = None
 
 
-def plan_merge(
-    adapter: TensorFileInfo, bases: Sequence[TensorFileInfo], spec: LoraSpec
-) -> list[MergeOp]:
+def plan_merge(adapter: TensorFileInfo, bases: Sequence[TensorFileInfo], spec: LoraSpec) -> list[MergeOp]:
     """Which base tensors change and how; raises `BadInput` for anything that cannot be merged."""
     if spec.use_dora:
         raise BadInput("DoRA adapters (use_dora) cannot be merged here; merge them with PEFT")
@@ -145,10 +133,7 @@ def plan_merge(
             continue
         path, target = _find_base(base_tensors, name, t.name)
         if target.shape != t.shape:
-            raise BadInput(
-                f"adapter tensor {t.name} {list(t.shape)} cannot replace "
-                f"{target.name} {list(target.shape)}"
-            )
+            raise BadInput(f"adapter tensor {t.name} {list(t.shape)} cannot replace {target.name} {list(target.shape)}")
         ops.append(MergeOp(path, target, replacement=t))
     for module, parts in sorted(pairs.items()):
         embedding = "embedding_A" in parts or "embedding_B" in parts
@@ -159,18 +144,12 @@ def plan_merge(
         path, target = _find_base(base_tensors, f"{module}.weight", module)
         transpose = embedding or spec.fan_in_fan_out
         out_in = (b.shape[0], a.shape[1]) if len(a.shape) == 2 and len(b.shape) == 2 else None
-        if (
-            out_in is None
-            or a.shape[0] != b.shape[1]
-            or (out_in[::-1] if transpose else out_in) != target.shape
-        ):
+        if out_in is None or a.shape[0] != b.shape[1] or (out_in[::-1] if transpose else out_in) != target.shape:
             raise BadInput(
                 f"adapter module {module}: B {list(b.shape)} · A {list(a.shape)} does not fit "
                 f"{target.name} {list(target.shape)}"
             )
-        ops.append(
-            MergeOp(path, target, a=a, b=b, scale=spec.scale_for(module), transpose=transpose)
-        )
+        ops.append(MergeOp(path, target, a=a, b=b, scale=spec.scale_for(module), transpose=transpose))
     return ops
 
 
@@ -202,25 +181,19 @@ def decode_tensor(data: bytes | bytearray | memoryview, info: TensorInfo) -> np.
     if info.dtype == "BF16":
         return _bf16_to_f32(np.frombuffer(data, dtype="<u2").reshape(info.shape))
     if info.dtype not in ("F16", "F32", "F64"):
-        raise BadInput(
-            f"tensor {info.name} has dtype {info.dtype}; only float weights can be merged"
-        )
+        raise BadInput(f"tensor {info.name} has dtype {info.dtype}; only float weights can be merged")
     return np.frombuffer(data, dtype=numpy_dtype(info.dtype)).reshape(info.shape)
 
 
 def encode_tensor(value: np.ndarray, info: TensorInfo) -> bytes:
     """An array back to `info`'s dtype and little-endian bytes."""
     if info.dtype == "BF16":
-        bits = (
-            value if value.dtype == np.uint16 else _f32_to_bf16(np.asarray(value, dtype=np.float32))
-        )
+        bits = value if value.dtype == np.uint16 else _f32_to_bf16(np.asarray(value, dtype=np.float32))
         return np.ascontiguousarray(bits, dtype="<u2").tobytes()
     return np.ascontiguousarray(value, dtype=numpy_dtype(info.dtype)).tobytes()
 
 
-def apply_merge(
-    fd: int, ops: Sequence[MergeOp], read_adapter: Callable[[TensorInfo], bytes | bytearray]
-) -> None:
+def apply_merge(fd: int, ops: Sequence[MergeOp], read_adapter: Callable[[TensorInfo], bytes | bytearray]) -> None:
     """Rewrite the ops' tensors in the open base file `fd` (blocking), one tensor at a time."""
     for op in ops:
         if op.replacement is not None:
@@ -237,23 +210,17 @@ def apply_merge(
                 w = decode_tensor(raw, op.target)
             a = decode_tensor(read_adapter(op.a), op.a)
             b = decode_tensor(read_adapter(op.b), op.b)
-            merged = merged_weight(
-                w, a, b, scale=op.scale, transpose=op.transpose, dtype=op.target.dtype
-            )
+            merged = merged_weight(w, a, b, scale=op.scale, transpose=op.transpose, dtype=op.target.dtype)
             data = encode_tensor(merged, op.target)
         if len(data) != op.target.size:
-            raise BadInput(
-                f"merged tensor {op.target.name} has {len(data)} bytes, expected {op.target.size}"
-            )
+            raise BadInput(f"merged tensor {op.target.name} has {len(data)} bytes, expected {op.target.size}")
         view, offset = memoryview(data), op.target.start
         while view:
             n = os.pwrite(fd, view, offset)
             view, offset = view[n:], offset + n
 
 
-def _find_base(
-    base: Mapping[str, tuple[str, TensorInfo]], key: str, what: str
-) -> tuple[str, TensorInfo]:
+def _find_base(base: Mapping[str, tuple[str, TensorInfo]], key: str, what: str) -> tuple[str, TensorInfo]:
     if key in base:
         return base[key]
     # The adapter may name modules with or without the base model's own prefix (e.g. `bert.`).

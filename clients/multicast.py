@@ -97,11 +97,21 @@ class MulticastStats:
 
     def to_json(self) -> dict[str, Any]:
         """The stats as JSON."""
-        return {"node": self.node, "session": self.session, "late": self.late,
-                "multicast_blocks": self.multicast_blocks, "multicast_bytes": self.multicast_bytes,
-                "expected_bytes": self.expected_bytes, "missed_bytes": self.missed_bytes,
-                "repair_bytes": self.repair_bytes, "repaired_blocks": self.repaired_blocks, "stored_bytes": self.stored_bytes, "refused_blocks": self.refused_blocks,
-                "loss": round(self.loss, 6), "fallback": self.fallback}
+        return {
+            "node": self.node,
+            "session": self.session,
+            "late": self.late,
+            "multicast_blocks": self.multicast_blocks,
+            "multicast_bytes": self.multicast_bytes,
+            "expected_bytes": self.expected_bytes,
+            "missed_bytes": self.missed_bytes,
+            "repair_bytes": self.repair_bytes,
+            "repaired_blocks": self.repaired_blocks,
+            "stored_bytes": self.stored_bytes,
+            "refused_blocks": self.refused_blocks,
+            "loss": round(self.loss, 6),
+            "fallback": self.fallback,
+        }
 
 
 def _unicast_only(node: str | None, why: str) -> MulticastStats:
@@ -154,8 +164,9 @@ async def _find_node(fetcher: BlockFetcher, options: MulticastOptions) -> tuple[
 
     async def ask(url: str) -> dict[str, Any] | None:
         try:
-            async with session.get(f"{url}/v1/multicast", timeout=aiohttp.ClientTimeout(total=_ANNOUNCE_TIMEOUT_S)) \
-                    as resp:
+            async with session.get(
+                f"{url}/v1/multicast", timeout=aiohttp.ClientTimeout(total=_ANNOUNCE_TIMEOUT_S)
+            ) as resp:
                 if resp.status != 200:
                     return None
                 doc = await resp.json()
@@ -173,10 +184,15 @@ async def _find_node(fetcher: BlockFetcher, options: MulticastOptions) -> tuple[
 async def _join(
     fetcher: BlockFetcher, node: str, manifest: ModelManifest, refs: Sequence[BlockRef], options: MulticastOptions
 ) -> dict[str, Any]:
-    body = {"model": manifest.name, "revision": manifest.revision, "blocks": [r.block_id for r in refs],
-            "rate": options.rate}
-    async with fetcher.pool.session.post(f"{node}/v1/multicast/join", json=body,
-                                         timeout=aiohttp.ClientTimeout(total=options.join_timeout_s)) as resp:
+    body = {
+        "model": manifest.name,
+        "revision": manifest.revision,
+        "blocks": [r.block_id for r in refs],
+        "rate": options.rate,
+    }
+    async with fetcher.pool.session.post(
+        f"{node}/v1/multicast/join", json=body, timeout=aiohttp.ClientTimeout(total=options.join_timeout_s)
+    ) as resp:
         await raise_for_status(resp)
         answer: dict[str, Any] = await resp.json()
     wanted = {r.block_id for r in refs}
@@ -266,14 +282,25 @@ class _SessionRun:
         except OSError as e:
             await self._leave(0, 0)
             all_refs = [*self.multicast, *self.repair_first, *self.unicast]
-            return await _fall_back(self.fetcher, all_refs, self.options, self.node,
-                                    f"cannot join group {self.group}:{self.port} on {self.interface or 'any'}: {e}")
+            return await _fall_back(
+                self.fetcher,
+                all_refs,
+                self.options,
+                self.node,
+                f"cannot join group {self.group}:{self.port} on {self.interface or 'any'}: {e}",
+            )
         try:
             for ref, seq in zip(self.multicast, self.answer["multicast_seq"], strict=True):
                 if not self.store.has(ref.block_id):
                     self.incoming[bytes.fromhex(ref.block_id)] = IncomingBlock(ref, int(seq), self.piece_bytes)
-            self.receiver = SessionReceiver(sock, self.session_id, self.incoming, loop=asyncio.get_running_loop(),
-                                            on_event=self._on_event, open_writer=self._open_writer)
+            self.receiver = SessionReceiver(
+                sock,
+                self.session_id,
+                self.incoming,
+                loop=asyncio.get_running_loop(),
+                on_event=self._on_event,
+                open_writer=self._open_writer,
+            )
             self.receiver.start()
             await self._deliver()
         finally:
@@ -285,9 +312,20 @@ class _SessionRun:
                 if block.writer is not None:
                     block.writer.abort()  # no-op for committed blocks
             await self._leave(self.expected_bytes, self.missed_bytes)
-        return MulticastStats(self.node, self.session_hex, bool(self.answer.get("late")), self.multicast_blocks,
-                              self.multicast_bytes, self.expected_bytes, self.missed_bytes, self.repair_bytes,
-                              self.repaired_blocks, self.stored_bytes, self.refused, None)
+        return MulticastStats(
+            self.node,
+            self.session_hex,
+            bool(self.answer.get("late")),
+            self.multicast_blocks,
+            self.multicast_bytes,
+            self.expected_bytes,
+            self.missed_bytes,
+            self.repair_bytes,
+            self.repaired_blocks,
+            self.stored_bytes,
+            self.refused,
+            None,
+        )
 
     def _open_writer(self, ref: BlockRef) -> PieceWriter:
         return self.store.piece_writer(ref.block_id, blake3=ref.blake3, size=ref.size)
@@ -359,15 +397,17 @@ class _SessionRun:
                 continue
             runs = block.missing_runs()
             if block.lost_in_main_pass is None:
-                block.lost_in_main_pass = sum(min(hi * block.piece_bytes, block.ref.size) - lo * block.piece_bytes
-                                              for lo, hi in runs)
+                block.lost_in_main_pass = sum(
+                    min(hi * block.piece_bytes, block.ref.size) - lo * block.piece_bytes for lo, hi in runs
+                )
             missing.extend([block.seq, lo, hi] for lo, hi in runs)
         if not missing:
             return
         body = {"member": self.member, "round": repair_round, "missing": missing}
         try:
             async with self.fetcher.pool.session.post(
-                f"{self.node}/v1/multicast/sessions/{self.session_hex}/nack", json=body,
+                f"{self.node}/v1/multicast/sessions/{self.session_hex}/nack",
+                json=body,
                 timeout=aiohttp.ClientTimeout(total=5),
             ) as resp:
                 await raise_for_status(resp)
@@ -398,8 +438,11 @@ class _SessionRun:
             if (cursor, state, sent) != last:
                 idle_since, last = self.fetcher.pool.now(), (cursor, state, sent)
             elif self.fetcher.pool.now() - idle_since > self.options.idle_timeout_s:
-                log.warning("multicast session %s made no progress for %.0f s; repairing the rest", self.session_hex,
-                            self.options.idle_timeout_s)
+                log.warning(
+                    "multicast session %s made no progress for %.0f s; repairing the rest",
+                    self.session_hex,
+                    self.options.idle_timeout_s,
+                )
                 self.ended = True
             if state == "repairing":
                 self.round_polled = max(self.round_polled, polled_round)
@@ -418,8 +461,14 @@ class _SessionRun:
             self.expected_bytes += ref.size
             self.missed_bytes += lost
         if missed:
-            log.debug("block %s (seq %d): %d of %d bytes lost in %d holes; repairing", ref.block_id, block.seq,
-                      missed, ref.size, len(holes))
+            log.debug(
+                "block %s (seq %d): %d of %d bytes lost in %d holes; repairing",
+                ref.block_id,
+                block.seq,
+                missed,
+                ref.size,
+                len(holes),
+            )
         if block.writer is None:
             block.writer = await asyncio.to_thread(self._open_writer, ref)
         if await self._complete(ref, block.writer, holes):
@@ -461,14 +510,18 @@ class _SessionRun:
     async def _repair_range(self, ref: BlockRef, start: int, end: int, write_at: Callable[[int, bytes], None]) -> None:
         """Fetch bytes [start, end) of a block from the node by HTTP Range into `write_at`."""
         headers = {"Range": f"bytes={start}-{end - 1}", REPAIR_HEADER: self.session_hex}
-        async with self.repair_slots, self.fetcher.pool.session.get(
-            f"{self.node}/v1/blocks/{ref.block_id}", headers=headers
-        ) as resp:
+        async with (
+            self.repair_slots,
+            self.fetcher.pool.session.get(f"{self.node}/v1/blocks/{ref.block_id}", headers=headers) as resp,
+        ):
             await raise_for_status(resp)
             expected = f"bytes {start}-{end - 1}/{ref.size}"
             if resp.status != 206 or resp.headers.get("Content-Range") != expected:
-                raise BlockCorrupt(f"block {ref.block_id}: asked for {expected}, got status {resp.status} "
-                                   f"{resp.headers.get('Content-Range')!r}", block_id=ref.block_id)
+                raise BlockCorrupt(
+                    f"block {ref.block_id}: asked for {expected}, got status {resp.status} "
+                    f"{resp.headers.get('Content-Range')!r}",
+                    block_id=ref.block_id,
+                )
             position = start
             async for chunk in resp.content.iter_chunked(1024 * 1024):
                 if position + len(chunk) > end:
@@ -483,7 +536,8 @@ class _SessionRun:
         body = {"member": self.member, "expected_bytes": expected, "missed_bytes": min(missed, expected)}
         try:
             async with self.fetcher.pool.session.post(
-                f"{self.node}/v1/multicast/sessions/{self.session_hex}/leave", json=body,
+                f"{self.node}/v1/multicast/sessions/{self.session_hex}/leave",
+                json=body,
                 timeout=aiohttp.ClientTimeout(total=_LEAVE_TIMEOUT_S),
             ) as resp:
                 await resp.read()

@@ -90,9 +90,7 @@ class PullReport:
         return {
             "name": self.name,
             "revision": self.revision,
-            "base": None
-            if self.base is None
-            else {"name": self.base.name, "revision": self.base.revision},
+            "base": None if self.base is None else {"name": self.base.name, "revision": self.base.revision},
             "out_dir": None if self.out_dir is None else str(self.out_dir),
             "files": list(self.files),
             "total_bytes": self.total_bytes,
@@ -114,9 +112,7 @@ class PullReport:
     def summary(self) -> str:
         """One line for people."""
         rate = self.fetched_bytes / self.elapsed_s if self.elapsed_s > 0 else 0.0
-        where = (
-            ", ".join(f"{s.url} {format_bytes(s.bytes)}" for s in self.sources if s.bytes) or "none"
-        )
+        where = ", ".join(f"{s.url} {format_bytes(s.bytes)}" for s in self.sources if s.bytes) or "none"
         extra = []
         if self.refused_blocks:
             extra.append(f"{self.refused_blocks} corrupt blocks refused")
@@ -126,9 +122,11 @@ class PullReport:
             extra.append(f"{self.merged_tensors} tensors merged")
         mc = self.multicast
         if mc is not None and mc.session is not None:
-            extra.append(f"multicast {format_bytes(mc.multicast_bytes)} in session {mc.session}"
-                         f"{' (joined late)' if mc.late else ''}, repaired {format_bytes(mc.repair_bytes)}"
-                         f" (loss {mc.loss:.1%})")
+            extra.append(
+                f"multicast {format_bytes(mc.multicast_bytes)} in session {mc.session}"
+                f"{' (joined late)' if mc.late else ''}, repaired {format_bytes(mc.repair_bytes)}"
+                f" (loss {mc.loss:.1%})"
+            )
         elif mc is not None and mc.fallback and mc.fallback != "nothing to fetch":
             extra.append(f"no multicast: {mc.fallback}")
         target = f" into {self.out_dir}" if self.out_dir is not None else ""
@@ -188,14 +186,10 @@ async def pull(
             block_store.close()
 
 
-async def resolve_model(
-    pool: SourcePool, name: str, revision: str
-) -> tuple[ModelManifest, ModelManifest | None]:
+async def resolve_model(pool: SourcePool, name: str, revision: str) -> tuple[ModelManifest, ModelManifest | None]:
     """A model's manifest and, for a LoRA model, its base's (the exact revision it names)."""
     manifest = await pool.manifest(name, revision)
-    base = (
-        await pool.manifest(manifest.base.name, manifest.base.revision) if manifest.base else None
-    )
+    base = await pool.manifest(manifest.base.name, manifest.base.revision) if manifest.base else None
     return manifest, base
 
 
@@ -241,7 +235,10 @@ async def fetch_and_write(
         previous, fetcher.progress = fetcher.progress, bar.update
         try:
             mc = await fetch_with_multicast(
-                missing, manifest=manifest, fetcher=fetcher, options=multicast or MulticastOptions(mode="off"),
+                missing,
+                manifest=manifest,
+                fetcher=fetcher,
+                options=multicast or MulticastOptions(mode="off"),
                 progress=bar.update,
             )
         finally:
@@ -283,9 +280,7 @@ def pull_sync(ref: str, **options: Any) -> PullReport:
     return asyncio.run(pull(ref, **options))
 
 
-def plan_files(
-    manifest: ModelManifest, base: ModelManifest | None, *, merge_lora: bool = False
-) -> list[FilePlan]:
+def plan_files(manifest: ModelManifest, base: ModelManifest | None, *, merge_lora: bool = False) -> list[FilePlan]:
     """The files a pull writes: the model's, plus its base's (merged: the base's only)."""
     if base is None:
         return [FilePlan(f.path, f, manifest.name) for f in manifest.files]
@@ -342,9 +337,7 @@ def read_tensor_header(store: BlockStore, f: FileManifest) -> TensorFileInfo:
     """Parse a stored safetensors file's header (blocking)."""
     prefix = bytes(read_file_range(store, f, 0, min(8, f.size)))
     n = header_length(prefix, path=f.path, file_size=f.size)
-    return parse_tensor_header(
-        bytes(read_file_range(store, f, 0, 8 + n)), path=f.path, file_size=f.size
-    )
+    return parse_tensor_header(bytes(read_file_range(store, f, 0, 8 + n)), path=f.path, file_size=f.size)
 
 
 def _merge_plan(
@@ -358,20 +351,14 @@ def _merge_plan(
             model=adapter.name,
         )
     weights_file = weights[0]
-    config = next(
-        (f for f in adapter.files if f.path.rsplit("/", 1)[-1] == "adapter_config.json"), None
-    )
-    config_bytes = (
-        bytes(read_file_range(store, config, 0, config.size)) if config is not None else None
-    )
+    config = next((f for f in adapter.files if f.path.rsplit("/", 1)[-1] == "adapter_config.json"), None)
+    config_bytes = bytes(read_file_range(store, config, 0, config.size)) if config is not None else None
     spec = LoraSpec.from_json_bytes(config_bytes, adapter.metadata.get("lora"))
     adapter_info = read_tensor_header(store, weights_file)
     bases = [read_tensor_header(store, p.file) for p in plans if p.file.kind == "safetensors"]
     ops = plan_merge(adapter_info, bases, spec)
     if not any(op.a is not None for op in ops):
-        raise BadInput(
-            f"{adapter.name}: the adapter has no lora_A/lora_B weights to merge", model=adapter.name
-        )
+        raise BadInput(f"{adapter.name}: the adapter has no lora_A/lora_B weights to merge", model=adapter.name)
 
     def read(t: TensorInfo) -> bytearray:
         return read_file_range(store, weights_file, t.start, t.end)
@@ -379,9 +366,7 @@ def _merge_plan(
     return ops, read
 
 
-def _open_store(
-    store: BlockStore | Path | None, env: Mapping[str, str] | None, settings: PullSettings
-) -> BlockStore:
+def _open_store(store: BlockStore | Path | None, env: Mapping[str, str] | None, settings: PullSettings) -> BlockStore:
     if isinstance(store, BlockStore):
         return store
     return open_local_store(store, env=os.environ if env is None else env, fsync=settings.fsync)

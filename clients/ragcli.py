@@ -17,9 +17,7 @@ _EXCERPT_CHARS = 160
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add the `rag` command group to the `cachenet` parser."""
-    rag = sub.add_parser(
-        "rag", help="RAG knowledge collections: ingest documents, query top-k chunks"
-    )
+    rag = sub.add_parser("rag", help="RAG knowledge collections: ingest documents, query top-k chunks")
     rag_sub = rag.add_subparsers(dest="rag_command", metavar="ACTION", required=True)
 
     ingest = rag_sub.add_parser(
@@ -39,16 +37,10 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     )
     ingest.add_argument("--origin", help="URL of a running origin (uses its operator API)")
     ingest.add_argument("--token", help="operator token for --origin (default: $CACHENET_TOKEN)")
-    ingest.add_argument(
-        "--data", type=Path, help="write straight into an origin data folder instead"
-    )
+    ingest.add_argument("--data", type=Path, help="write straight into an origin data folder instead")
     ingest.add_argument("--db", help="catalogue URL with --data (default: SQLite in the folder)")
-    ingest.add_argument(
-        "--chunk-size", type=int, default=None, help="words per chunk (default 120)"
-    )
-    ingest.add_argument(
-        "--overlap", type=int, default=None, help="words shared by consecutive chunks (default 20)"
-    )
+    ingest.add_argument("--chunk-size", type=int, default=None, help="words per chunk (default 120)")
+    ingest.add_argument("--overlap", type=int, default=None, help="words shared by consecutive chunks (default 20)")
     ingest.add_argument(
         "--shards",
         type=int,
@@ -68,17 +60,13 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     query.add_argument("text", help="the question or passage to search for")
     query.add_argument("--k", type=int, default=DEFAULT_K, help=f"results (default {DEFAULT_K})")
     query.add_argument("--nprobe", type=int, help="shards to search (default: the collection's)")
-    query.add_argument(
-        "--source", default=None, help=f"origin or edge node URL (default {DEFAULT_RAG_SOURCE})"
-    )
+    query.add_argument("--source", default=None, help=f"origin or edge node URL (default {DEFAULT_RAG_SOURCE})")
     query.add_argument(
         "--embed-locally",
         action="store_true",
         help="embed the text on this machine and send only the embedding",
     )
-    query.add_argument(
-        "--deadline-ms", type=float, help="an edge node forwards the query when fetching is slower"
-    )
+    query.add_argument("--deadline-ms", type=float, help="an edge node forwards the query when fetching is slower")
     query.add_argument("--json", action="store_true", help="print the answer as JSON")
     query.set_defaults(func=_query)
 
@@ -137,10 +125,7 @@ def _query(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(answer.to_json(), indent=2))
         return 0
-    print(
-        f"{answer.collection}@{answer.revision[:12]}: {answer.served} by {answer.node}, "
-        f"shards {list(answer.shards)}"
-    )
+    print(f"{answer.collection}@{answer.revision[:12]}: {answer.served} by {answer.node}, shards {list(answer.shards)}")
     for rank, hit in enumerate(answer.hits, start=1):
         text = " ".join(hit.text.split())
         excerpt = text if len(text) <= _EXCERPT_CHARS else text[: _EXCERPT_CHARS - 1] + "…"

@@ -107,18 +107,12 @@ class Source:
         elapsed = now - self._t0
         if elapsed >= _RATE_WINDOW_S:
             sample = (self.delivered - self._b0) / elapsed
-            self.rate = (
-                sample
-                if self.rate is None
-                else _EWMA_WEIGHT * sample + (1 - _EWMA_WEIGHT) * self.rate
-            )
+            self.rate = sample if self.rate is None else _EWMA_WEIGHT * sample + (1 - _EWMA_WEIGHT) * self.rate
             self._t0, self._b0 = now, self.delivered
 
     def report(self) -> SourceReport:
         """A snapshot for the pull report."""
-        return SourceReport(
-            self.url, self.delivered, self.blocks, self.errors, self.corrupt, self.rate
-        )
+        return SourceReport(self.url, self.delivered, self.blocks, self.errors, self.corrupt, self.rate)
 
 
 class SourcePool:
@@ -140,9 +134,7 @@ class SourcePool:
             if url.rstrip("/") not in cleaned:
                 cleaned.append(url.rstrip("/"))
         self.settings = settings
-        self.sources = tuple(
-            Source(u, i, settings.per_source_connections) for i, u in enumerate(cleaned)
-        )
+        self.sources = tuple(Source(u, i, settings.per_source_connections) for i, u in enumerate(cleaned))
         self._clock = clock
         self._cond = asyncio.Condition()
         self._session: aiohttp.ClientSession | None = None
@@ -157,9 +149,7 @@ class SourcePool:
                 sock_connect=self.settings.connect_timeout_s,
                 sock_read=self.settings.stall_timeout_s,
             )
-            self._session = aiohttp.ClientSession(
-                connector=connector, timeout=timeout, auto_decompress=False
-            )
+            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
         return self._session
 
     async def close(self) -> None:
@@ -207,9 +197,7 @@ class SourcePool:
                 src.errors += 1
                 problems.append(f"{src.url}: {_describe(e)}")
                 continue
-            if manifest.name != name or (
-                COMMIT_RE.match(revision) and manifest.revision != revision
-            ):
+            if manifest.name != name or (COMMIT_RE.match(revision) and manifest.revision != revision):
                 # The revision is the hash of the content: a source cannot pass off another one.
                 src.errors += 1
                 problems.append(f"{src.url}: sent {manifest.name}@{manifest.revision[:12]} instead")
@@ -220,12 +208,9 @@ class SourcePool:
             and len(problems) == len(self.sources)
             and all(p.endswith("not found") for p in problems)
         ):
-            raise ModelNotFound(
-                f"no source has {name}@{revision} ({'; '.join(problems)})", model=name
-            )
+            raise ModelNotFound(f"no source has {name}@{revision} ({'; '.join(problems)})", model=name)
         raise UpstreamUnavailable(
-            f"could not get the manifest of {name}@{revision} from any source: "
-            f"{'; '.join(problems)}",
+            f"could not get the manifest of {name}@{revision} from any source: {'; '.join(problems)}",
             model=name,
         )
 
@@ -275,13 +260,9 @@ class SourcePool:
         src.errors += 1
         if transport:
             src.failures += 1
-            delay = min(
-                self.settings.max_backoff_s, self.settings.backoff_s * 2 ** (src.failures - 1)
-            )
+            delay = min(self.settings.max_backoff_s, self.settings.backoff_s * 2 ** (src.failures - 1))
             src.down_until = self._clock() + delay
-            log.warning(
-                "source %s failed (%s); skipping it for %.2f s", src.url, _describe(error), delay
-            )
+            log.warning("source %s failed (%s); skipping it for %.2f s", src.url, _describe(error), delay)
 
     def reports(self) -> tuple[SourceReport, ...]:
         """Per-source contributions."""

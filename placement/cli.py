@@ -41,9 +41,7 @@ def add_placement_commands(commands: Any) -> None:
     )
     gen.add_argument("--servers", type=int, default=12, help="number of edge servers (default 12)")
     gen.add_argument("--users", type=int, default=40, help="number of users or cells (default 40)")
-    gen.add_argument(
-        "--models", type=int, default=100, help="number of models/adapters (default 100)"
-    )
+    gen.add_argument("--models", type=int, default=100, help="number of models/adapters (default 100)")
     gen.add_argument("--backbones", type=int, default=3, help="number of backbones (default 3)")
     gen.add_argument(
         "--family",
@@ -51,12 +49,8 @@ def add_placement_commands(commands: Any) -> None:
         default="lora",
         help="GPT-2 backbones with LoRA adapters, or ResNet-style CNNs (default lora)",
     )
-    gen.add_argument(
-        "--capacity", default="2GB", help="capacity per server, e.g. 2GB, 512MiB (default 2GB)"
-    )
-    gen.add_argument(
-        "--zipf", type=float, default=0.8, help="Zipf exponent of popularity (default 0.8)"
-    )
+    gen.add_argument("--capacity", default="2GB", help="capacity per server, e.g. 2GB, 512MiB (default 2GB)")
+    gen.add_argument("--zipf", type=float, default=0.8, help="Zipf exponent of popularity (default 0.8)")
     gen.add_argument("--area", type=float, default=1000.0, help="side of the square area in metres")
     gen.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     gen.add_argument("--out", required=True, type=Path, help="scenario YAML file to write")
@@ -69,12 +63,8 @@ def add_placement_commands(commands: Any) -> None:
     sol.add_argument("--scenario", required=True, type=Path, help="scenario YAML file")
     sol.add_argument("--solver", required=True, choices=SOLVER_NAMES, help="placement solver")
     sol.add_argument("--capacity", default=None, help="override every server's capacity, e.g. 3GB")
-    sol.add_argument(
-        "--epsilon", type=float, default=None, help="trimcaching-spec rounding eps in (0, 1)"
-    )
-    sol.add_argument(
-        "--time-limit", type=float, default=None, help="optimal: MILP time limit in seconds"
-    )
+    sol.add_argument("--epsilon", type=float, default=None, help="trimcaching-spec rounding eps in (0, 1)")
+    sol.add_argument("--time-limit", type=float, default=None, help="optimal: MILP time limit in seconds")
     sol.add_argument(
         "--json",
         action="store_true",
@@ -116,9 +106,7 @@ def _solve(args: argparse.Namespace) -> int:
         if value is not None and name not in accepted:
             flag = _FLAGS[name]
             raise ScenarioInvalid(f"solver {args.solver!r} does not take {flag}", field=flag)
-    placement = solve(
-        problem, solver=args.solver, **{k: v for k, v in wanted.items() if k in accepted}
-    )
+    placement = solve(problem, solver=args.solver, **{k: v for k, v in wanted.items() if k in accepted})
     check_feasible(problem, placement)
     out = placement.to_dict()
     out["storage_used"] = storage_used(problem, placement)
@@ -126,10 +114,7 @@ def _solve(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps(out, indent=2, default=str) + "\n")
         return 0
-    lines = [
-        f"solver {placement.solver}: hit ratio {placement.hit_ratio:.4f} "
-        f"in {placement.runtime_s:.3f} s"
-    ]
+    lines = [f"solver {placement.solver}: hit ratio {placement.hit_ratio:.4f} in {placement.runtime_s:.3f} s"]
     for n, server in enumerate(problem.servers):
         used = out["storage_used"][server]
         lines.append(

@@ -78,9 +78,13 @@ class RunSummary:
     def from_json(cls, doc: Mapping[str, Any]) -> "RunSummary":
         """Back from `to_json` (as read from the spool file)."""
         return cls(
-            run_id=int(doc["run_id"]), solver=str(doc["solver"]), created_at=float(doc["created_at"]),
-            hit_ratio=float(doc["hit_ratio"]), runtime_s=float(doc["runtime_s"]),
-            inputs=dict(doc["inputs"]), nodes={str(k): dict(v) for k, v in doc["nodes"].items()},
+            run_id=int(doc["run_id"]),
+            solver=str(doc["solver"]),
+            created_at=float(doc["created_at"]),
+            hit_ratio=float(doc["hit_ratio"]),
+            runtime_s=float(doc["runtime_s"]),
+            inputs=dict(doc["inputs"]),
+            nodes={str(k): dict(v) for k, v in doc["nodes"].items()},
             backhaul=dict(doc.get("backhaul") or {}),
         )
 
@@ -188,15 +192,18 @@ class Controller:
         self.unsaved.append(summary)
         if len(self.unsaved) > MAX_UNSAVED_RUNS:
             dropped = self.unsaved.pop(0)
-            log.error("dropping placement run %d: over %d runs the origin never stored", dropped.run_id,
-                      MAX_UNSAVED_RUNS)
+            log.error(
+                "dropping placement run %d: over %d runs the origin never stored", dropped.run_id, MAX_UNSAVED_RUNS
+            )
         try:
             while self.unsaved:
                 run = self.unsaved[0]
                 try:
                     async with self.session.post(
-                        f"{self.origin_url}/v1/placement-runs", json=run.to_json(),
-                        headers=auth_headers(self.token), timeout=_ORIGIN_RUNS_TIMEOUT,
+                        f"{self.origin_url}/v1/placement-runs",
+                        json=run.to_json(),
+                        headers=auth_headers(self.token),
+                        timeout=_ORIGIN_RUNS_TIMEOUT,
                     ) as resp:
                         await raise_for_status(resp)
                         stored_as = (await resp.json())["id"]
@@ -206,8 +213,13 @@ class Controller:
                 self.unsaved.pop(0)
                 log.debug("placement run %d stored in the catalogue as %s", run.run_id, stored_as)
         except (*_NETWORK_ERRORS, CachenetError) as e:
-            log.warning("origin %s did not store placement run %d (%r); %d run(s) kept until it does",
-                        self.origin_url, summary.run_id, e, len(self.unsaved))
+            log.warning(
+                "origin %s did not store placement run %d (%r); %d run(s) kept until it does",
+                self.origin_url,
+                summary.run_id,
+                e,
+                len(self.unsaved),
+            )
         await self._write_spool()
         return not self.unsaved
 
@@ -235,7 +247,8 @@ class Controller:
         """
         try:
             async with self.session.get(
-                f"{self.origin_url}/v1/placement-runs", params={"limit": str(limit)},
+                f"{self.origin_url}/v1/placement-runs",
+                params={"limit": str(limit)},
                 timeout=_ORIGIN_RUNS_TIMEOUT,
             ) as resp:
                 await raise_for_status(resp)
@@ -243,14 +256,12 @@ class Controller:
             runs = [{**r["summary"], "catalogue_id": r["id"], "stored": True} for r in rows]
             source = "origin"
         except (*_NETWORK_ERRORS, CachenetError, KeyError, TypeError) as e:
-            log.warning("origin %s cannot list placement runs (%r); showing the runs in memory",
-                        self.origin_url, e)
+            log.warning("origin %s cannot list placement runs (%r); showing the runs in memory", self.origin_url, e)
             unsaved = {id(r) for r in self.unsaved}
             runs = [{**r.to_json(), "stored": True} for r in self.runs if id(r) not in unsaved]
             source = "memory"
         runs += [{**r.to_json(), "stored": False} for r in self.unsaved]
-        runs.sort(key=lambda r: (float(r.get("created_at") or 0.0), int(r.get("run_id") or 0)),
-                  reverse=True)
+        runs.sort(key=lambda r: (float(r.get("created_at") or 0.0), int(r.get("run_id") or 0)), reverse=True)
         return runs[:limit], source
 
     async def simulate(
@@ -272,8 +283,7 @@ class Controller:
         run_id = await self._next_run_id()
         started = time.perf_counter()
         if models:
-            problem = build_problem(self.topology, models, inputs.demand,
-                                    latency_requirements=inputs.latency or None)
+            problem = build_problem(self.topology, models, inputs.demand, latency_requirements=inputs.latency or None)
             placement = await asyncio.to_thread(solve, problem, solver=solver, **options)
         else:
             placement = Placement({}, {}, 0.0, solver, 0.0)
@@ -286,9 +296,14 @@ class Controller:
             created_at=self._clock(),
             hit_ratio=placement.hit_ratio,
             runtime_s=runtime,
-            inputs={"models": len(models), "blocks": len(refs), "bytes": inputs.catalogue_bytes,
-                    "demand": inputs.demand_source, "servers": len(self.topology.servers),
-                    "users": len(self.topology.users)},
+            inputs={
+                "models": len(models),
+                "blocks": len(refs),
+                "bytes": inputs.catalogue_bytes,
+                "demand": inputs.demand_source,
+                "servers": len(self.topology.servers),
+                "users": len(self.topology.users),
+            },
             nodes=nodes,
             backhaul=self._backhaul(nodes, refs),
         )
@@ -339,7 +354,8 @@ class Controller:
         except (aiohttp.ClientConnectionError, TimeoutError) as e:
             raise UpstreamUnavailable(
                 f"origin {self.origin_url} unreachable while reading the models ({e!r}); "
-                "start it or fix --origin, then recompute again", url=self.origin_url,
+                "start it or fix --origin, then recompute again",
+                url=self.origin_url,
             ) from e
         return out
 
@@ -372,9 +388,7 @@ class Controller:
         n = len(users) * len(model_names)
         return {(u, m): 1.0 / n for u in users for m in model_names}, "uniform prior"
 
-    async def _push(
-        self, plans: Mapping[str, list[BlockRef]], *, plan_id: str
-    ) -> dict[str, dict[str, Any]]:
+    async def _push(self, plans: Mapping[str, list[BlockRef]], *, plan_id: str) -> dict[str, dict[str, Any]]:
         """Diff each plan against what the node holds, then send it."""
         out: dict[str, dict[str, Any]] = {}
         for server, refs in plans.items():
@@ -391,10 +405,13 @@ class Controller:
                     await raise_for_status(resp)
                     held = set((await resp.json())["block_ids"] or [])
                 fetch = [r for b, r in planned.items() if b not in held]
-                entry.update(blocks_to_fetch=len(fetch), bytes_to_fetch=sum(r.size for r in fetch),
-                             blocks_to_release=len(held - set(planned)), to_fetch=[r.block_id for r in fetch])
-                body = {"plan_id": plan_id,
-                        "blocks": [[r.block_id, r.blake3, r.size] for r in refs]}
+                entry.update(
+                    blocks_to_fetch=len(fetch),
+                    bytes_to_fetch=sum(r.size for r in fetch),
+                    blocks_to_release=len(held - set(planned)),
+                    to_fetch=[r.block_id for r in fetch],
+                )
+                body = {"plan_id": plan_id, "blocks": [[r.block_id, r.blake3, r.size] for r in refs]}
                 async with self.session.put(f"{url}/v1/node/plan", json=body, headers=auth_headers(self.token)) as resp:
                     await raise_for_status(resp)
                 entry["pushed"] = True
@@ -412,15 +429,18 @@ class Controller:
         if origin is None or not needs:
             return {"total_with_relay": 0, "total_without_relay": 0}
         try:
-            report = relay_plan(self.topology.graph, origin, needs=needs,
-                                block_sizes={b: r.size for b, r in refs.items()})
+            report = relay_plan(
+                self.topology.graph, origin, needs=needs, block_sizes={b: r.size for b, r in refs.items()}
+            )
         except Exception as e:  # an unreachable server only loses the report
             return {"error": str(e)[:300]}
         return {
             "total_with_relay": report.total_with_relay,
             "total_without_relay": report.total_without_relay,
-            "links": [{"a": a, "b": b, "with_relay": v, "without_relay": report.without_relay.get((a, b), 0)}
-                      for (a, b), v in report.with_relay.items()],
+            "links": [
+                {"a": a, "b": b, "with_relay": v, "without_relay": report.without_relay.get((a, b), 0)}
+                for (a, b), v in report.with_relay.items()
+            ],
         }
 
 
@@ -431,16 +451,16 @@ def _capacity_curves(
     total = inputs.catalogue_bytes
     if not inputs.models or total <= 0:
         return {"available": False, "reason": "no model is published yet"}
-    problem = build_problem(topology, inputs.models, inputs.demand,
-                            latency_requirements=inputs.latency or None)
+    problem = build_problem(topology, inputs.models, inputs.demand, latency_requirements=inputs.latency or None)
     curves: dict[str, list[dict[str, float]]] = {}
     for solver in solvers:
         points = []
         for fraction in fractions:
             capacity = max(1, int(fraction * total))
             scaled = dataclasses.replace(problem, capacities=(capacity,) * len(problem.servers))
-            points.append({"fraction": fraction, "capacity_bytes": capacity,
-                           "hit_ratio": solve(scaled, solver=solver).hit_ratio})
+            points.append(
+                {"fraction": fraction, "capacity_bytes": capacity, "hit_ratio": solve(scaled, solver=solver).hit_ratio}
+            )
         curves[solver] = points
     capacities = [s.capacity_bytes for s in topology.servers]
     return {

@@ -90,9 +90,7 @@ class Dashboard:
         nodes = []
         for entry, held in fetched:
             if held is not None:
-                entry["models"] = (
-                    _completeness(models, held) if models is not None else entry["models"]
-                )
+                entry["models"] = _completeness(models, held) if models is not None else entry["models"]
             nodes.append(entry)
         up = [n for n in nodes if n["ok"]]
         names = set(models or ()) | {m["name"] for n in up for m in n["models"]}
@@ -146,9 +144,7 @@ class Dashboard:
             async with asyncio.timeout(ORIGIN_TIMEOUT_S):
                 models = await self.controller.catalogue_models()
         except _NODE_ERRORS as e:
-            log.warning(
-                "origin %s unreachable for the dashboard: %r", self.controller.origin_url, e
-            )
+            log.warning("origin %s unreachable for the dashboard: %r", self.controller.origin_url, e)
             last = self.controller.last_inputs
             return (last.models if last is not None else None), f"unreachable: {_describe(e)}"
         self._models = (now, models)
@@ -225,10 +221,21 @@ def add_dashboard_routes(app: web.Application, doc: ApiDoc, dashboard: Dashboard
     )
     r.add_static("/static/", STATIC_DIR)
     doc.route(
-        r, "GET", "/v1/cluster", cluster, summary="Topology, every node's state and hit/miss counts",
-        schema={"type": "object", "required": ["origin", "topology", "nodes", "models", "totals"],
-                "properties": {"nodes": {"type": "array"}, "models": {"type": "array"},
-                               "totals": {"type": "object"}, "topology": {"type": "object"}}},
+        r,
+        "GET",
+        "/v1/cluster",
+        cluster,
+        summary="Topology, every node's state and hit/miss counts",
+        schema={
+            "type": "object",
+            "required": ["origin", "topology", "nodes", "models", "totals"],
+            "properties": {
+                "nodes": {"type": "array"},
+                "models": {"type": "array"},
+                "totals": {"type": "object"},
+                "topology": {"type": "object"},
+            },
+        },
     )
     doc.route(
         r,

@@ -71,9 +71,7 @@ def backhaul_s_per_byte(topology: Topology) -> np.ndarray:
     return out
 
 
-def latency_matrix(
-    topology: Topology, model_sizes: np.ndarray, *, seed: int | None = None
-) -> np.ndarray:
+def latency_matrix(topology: Topology, model_sizes: np.ndarray, *, seed: int | None = None) -> np.ndarray:
     """Array (users x models x servers) of delivery latencies in seconds (inf if unreachable)."""
     sizes = np.asarray(model_sizes, dtype=float)
     rates = wireless_rates(topology, seed=seed)

@@ -77,17 +77,11 @@ class PlacementProblem:
             len(self.request_model),
         )
         if len(self.capacities) != len(self.servers) or len(self.member_sizes) != n_blocks:
-            raise ScenarioInvalid(
-                "servers/capacities or blocks/sizes differ in length", field="problem"
-            )
+            raise ScenarioInvalid("servers/capacities or blocks/sizes differ in length", field="problem")
         if len(self.model_blocks) != n_models or len(self.request_weight) != n_req:
-            raise ScenarioInvalid(
-                "models/model_blocks or requests differ in length", field="problem"
-            )
+            raise ScenarioInvalid("models/model_blocks or requests differ in length", field="problem")
         if len(self.eligible_indptr) != n_req + 1:
-            raise ScenarioInvalid(
-                "eligible_indptr must have one entry per request + 1", field="problem"
-            )
+            raise ScenarioInvalid("eligible_indptr must have one entry per request + 1", field="problem")
         if n_req and np.any(np.diff(self.request_model) < 0):
             raise ScenarioInvalid("requests must be sorted by model", field="request_model")
         sizes = np.array([sum(m) for m in self.member_sizes], dtype=np.int64)
@@ -102,9 +96,7 @@ class PlacementProblem:
 
     def eligible(self, request: int) -> np.ndarray:
         """Server indices that can serve request `request` in time."""
-        return self.eligible_indices[
-            self.eligible_indptr[request] : self.eligible_indptr[request + 1]
-        ]
+        return self.eligible_indices[self.eligible_indptr[request] : self.eligible_indptr[request + 1]]
 
     def shared_blocks(self) -> tuple[int, ...]:
         """Block groups used by two or more models."""
@@ -170,9 +162,7 @@ def make_problem(
     for s in servers:
         cap = capacities[s]
         if isinstance(cap, bool) or not isinstance(cap, int | np.integer) or cap < 0:
-            raise ScenarioInvalid(
-                f"capacity of {s!r} must be an int >= 0, got {cap!r}", field="capacities"
-            )
+            raise ScenarioInvalid(f"capacity of {s!r} must be an int >= 0, got {cap!r}", field="capacities")
         caps.append(int(cap))
     model_names, groups, members, member_sizes = _coalesce(models)
     model_index = {m: i for i, m in enumerate(model_names)}
@@ -180,9 +170,7 @@ def make_problem(
     total = 0.0
     for model, weight, eligible in requests:
         if model not in model_index:
-            raise ScenarioInvalid(
-                f"request for unknown model {model!r}", field="requests", model_id=model
-            )
+            raise ScenarioInvalid(f"request for unknown model {model!r}", field="requests", model_id=model)
         w = float(weight)
         if not w >= 0:
             raise ScenarioInvalid(f"request weight must be >= 0, got {weight!r}", field="requests")
@@ -190,9 +178,7 @@ def make_problem(
         try:
             key = tuple(sorted({server_index[s] for s in eligible}))
         except KeyError as e:
-            raise ScenarioInvalid(
-                f"request names unknown server {e.args[0]!r}", field="requests"
-            ) from None
+            raise ScenarioInvalid(f"request names unknown server {e.args[0]!r}", field="requests") from None
         if key and w > 0:
             merged[(model_index[model], key)] += w
     items = sorted(merged.items())
@@ -324,9 +310,7 @@ def storage_used(problem: PlacementProblem, placement: Placement) -> dict[str, i
         stored = set(placement.blocks.get(server, ()))
         unknown = stored - sizes.keys()
         if unknown:
-            raise PlacementInfeasible(
-                f"server {server!r} stores unknown block {sorted(unknown)[0]!r}", node_id=server
-            )
+            raise PlacementInfeasible(f"server {server!r} stores unknown block {sorted(unknown)[0]!r}", node_id=server)
         out[server] = sum(sizes[b] for b in stored)
     return out
 
@@ -339,8 +323,7 @@ def check_feasible(problem: PlacementProblem, placement: Placement) -> None:
             raise PlacementInfeasible(f"placement names unknown server {server!r}", node_id=server)
     _chosen_indices(problem, placement)
     model_members = {
-        m: {b for g in problem.model_blocks[i] for b in problem.block_members[g]}
-        for i, m in enumerate(problem.models)
+        m: {b for g in problem.model_blocks[i] for b in problem.block_members[g]} for i, m in enumerate(problem.models)
     }
     used = storage_used(problem, placement)
     for n, server in enumerate(problem.servers):
@@ -376,9 +359,7 @@ def _coalesce(
     for i, name in enumerate(names):
         blocks = models[name]
         if not isinstance(blocks, Mapping):
-            raise ScenarioInvalid(
-                f"model {name!r}: blocks must map block id -> size", model_id=name
-            )
+            raise ScenarioInvalid(f"model {name!r}: blocks must map block id -> size", model_id=name)
         for block, size in blocks.items():
             if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 0:
                 raise ScenarioInvalid(
@@ -456,8 +437,7 @@ def _demand_array(
     if isinstance(demand, np.ndarray):
         if demand.shape != (len(users), len(models)):
             raise ScenarioInvalid(
-                f"demand array has shape {demand.shape}, expected (users, models) = "
-                f"{(len(users), len(models))}",
+                f"demand array has shape {demand.shape}, expected (users, models) = {(len(users), len(models))}",
                 field="demand",
             )
         p = demand.astype(float)
@@ -467,25 +447,19 @@ def _demand_array(
         p = np.zeros((len(users), len(models)))
         for key, value in demand.items():
             if not isinstance(key, tuple) or len(key) != 2:
-                raise ScenarioInvalid(
-                    f"demand key must be (user, model), got {key!r}", field="demand"
-                )
+                raise ScenarioInvalid(f"demand key must be (user, model), got {key!r}", field="demand")
             user, model = key
             if user not in user_index:
                 raise ScenarioInvalid(f"demand names unknown user or cell {user!r}", field="demand")
             if model not in model_index:
-                raise ScenarioInvalid(
-                    f"demand names unknown model {model!r}", field="demand", model_id=model
-                )
+                raise ScenarioInvalid(f"demand names unknown model {model!r}", field="demand", model_id=model)
             p[user_index[user], model_index[model]] += float(value)
     if not np.all(np.isfinite(p)) or np.any(p < 0):
         raise ScenarioInvalid("demand must be finite and >= 0", field="demand")
     return p
 
 
-def _requirements(
-    topology: Topology, models: tuple[str, ...], given: Mapping[str, float] | float | None
-) -> np.ndarray:
+def _requirements(topology: Topology, models: tuple[str, ...], given: Mapping[str, float] | float | None) -> np.ndarray:
     req = np.empty((len(topology.users), len(models)))
     col_of = {m: i for i, m in enumerate(models)}
     for k, user in enumerate(topology.users):
@@ -493,22 +467,16 @@ def _requirements(
     if isinstance(given, Mapping):
         for model, t in given.items():
             if model not in col_of:
-                raise ScenarioInvalid(
-                    f"latency requirement for unknown model {model!r}", model_id=model
-                )
+                raise ScenarioInvalid(f"latency requirement for unknown model {model!r}", model_id=model)
             if not float(t) > 0:
-                raise ScenarioInvalid(
-                    f"latency requirement of {model!r} must be > 0, got {t!r}", model_id=model
-                )
+                raise ScenarioInvalid(f"latency requirement of {model!r} must be > 0, got {t!r}", model_id=model)
             # A user's own (stricter) requirement wins over the model's.
             col = col_of[model]
             own = np.array([u.latency_requirement_s or np.inf for u in topology.users])
             req[:, col] = np.minimum(float(t), own)
     elif given is not None:
         if not float(given) > 0:
-            raise ScenarioInvalid(
-                f"latency requirement must be > 0, got {given!r}", field="latency"
-            )
+            raise ScenarioInvalid(f"latency requirement must be > 0, got {given!r}", field="latency")
         own = np.array([u.latency_requirement_s or np.inf for u in topology.users])
         req[:, :] = np.minimum(float(given), own)[:, None]
     return req

@@ -144,16 +144,13 @@ class _BlockPolicy:
         old = self._sizes.get(block_id)
         if old is not None:
             if old != size:
-                raise BadInput(
-                    f"block {block_id} is tracked with {old} bytes, not {size}", block_id=block_id
-                )
+                raise BadInput(f"block {block_id} is tracked with {old} bytes, not {size}", block_id=block_id)
             self.touch(block_id)
             self._add_models(block_id, models)
             return
         if self._used + size > self._capacity:
             raise CapacityExceeded(
-                f"block {block_id} ({size} B) does not fit: {self._used} of "
-                f"{self._capacity} B used; evict first",
+                f"block {block_id} ({size} B) does not fit: {self._used} of {self._capacity} B used; evict first",
                 block_id=block_id,
                 need_bytes=size,
                 capacity_bytes=self._capacity,
@@ -272,9 +269,7 @@ class _BlockPolicy:
         return {
             "policy": self.name,
             "version": STATE_VERSION,
-            "blocks": [
-                [b, self._sizes[b], sorted(self._models[b]), self._state_value(b)] for b in order
-            ],
+            "blocks": [[b, self._sizes[b], sorted(self._models[b]), self._state_value(b)] for b in order],
             "pinned": sorted(self._pinned),
             **self._extra_state(),
         }
@@ -295,8 +290,7 @@ class _BlockPolicy:
         try:
             if state["policy"] != cls.name or state["version"] != STATE_VERSION:
                 raise BadInput(
-                    f"state is for policy {state['policy']!r} v{state['version']}, "
-                    f"not {cls.name!r} v{STATE_VERSION}"
+                    f"state is for policy {state['policy']!r} v{state['version']}, not {cls.name!r} v{STATE_VERSION}"
                 )
             policy = cls(capacity_bytes, clock=clock, **cls._options_from_state(state))
             policy._capacity = max(capacity_bytes, sum(int(b[1]) for b in state["blocks"]))
@@ -616,9 +610,7 @@ class SharingLFUPolicy(_BlockPolicy):
         self._epoch = now
         self._own = {b: v * factor for b, v in self._own.items()}
         self._demand = {
-            m: d * factor
-            for m, d in self._demand.items()
-            if m in self._blocks_of or d * factor > _FORGET_DEMAND
+            m: d * factor for m, d in self._demand.items() if m in self._blocks_of or d * factor > _FORGET_DEMAND
         }
         # re-push in the old tie order so that equal values keep their ranking
         order = list(self._heap.worst_first())

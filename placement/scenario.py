@@ -88,9 +88,7 @@ class Scenario:
         object.__setattr__(self, "model_names", tuple(self.models))
         expected = (len(self.topology.users), len(self.models))
         if self.demand.shape != expected:
-            raise ScenarioInvalid(
-                f"demand has shape {self.demand.shape}, expected {expected}", field="demand"
-            )
+            raise ScenarioInvalid(f"demand has shape {self.demand.shape}, expected {expected}", field="demand")
 
     def to_problem(self, *, capacity_bytes: int | None = None) -> PlacementProblem:
         """The placement problem; `capacity_bytes` overrides every server's capacity."""
@@ -102,9 +100,7 @@ class Scenario:
             for m, info in self.model_info.items()
             if info.latency_requirement_s is not None
         }
-        return build_problem(
-            topology, self.models, self.demand, latency_requirements=requirements, seed=self.seed
-        )
+        return build_problem(topology, self.models, self.demand, latency_requirements=requirements, seed=self.seed)
 
 
 def synthetic_block_id(name: str) -> str:
@@ -133,9 +129,7 @@ def backbone_tensors(kind: str, *, dtype_bytes: int = 2) -> dict[str, int]:
         stem, stages, _ = _RESNET[kind]
         units = list(stem) + [n for n, count in stages for _ in range(count)]
         return {f"unit.{u:02d}": n * dtype_bytes for u, n in enumerate(units)}
-    raise ScenarioInvalid(
-        f"unknown backbone {kind!r}; choose one of {list(BACKBONES)}", field="backbones"
-    )
+    raise ScenarioInvalid(f"unknown backbone {kind!r}; choose one of {list(BACKBONES)}", field="backbones")
 
 
 def generate_scenario(
@@ -167,9 +161,7 @@ def generate_scenario(
     if servers < 1 or users < 0 or models < 0:
         raise ScenarioInvalid("servers must be >= 1, users and models >= 0", field="sizes")
     if not lora_size_range[0] <= lora_size_range[1]:
-        raise ScenarioInvalid(
-            f"lora_size_range {lora_size_range} is empty", field="lora_size_range"
-        )
+        raise ScenarioInvalid(f"lora_size_range {lora_size_range} is empty", field="lora_size_range")
     rng = np.random.default_rng(seed)
     kinds = _backbone_kinds(backbones, family)
     topology = _random_topology(
@@ -211,9 +203,7 @@ def read_scenario(path: str | Path) -> Scenario:
     try:
         topology = parse_topology(data.get("topology"))
     except TopologyInvalid as e:
-        raise ScenarioInvalid(
-            f"topology: {e.message}", field=f"topology.{e.attrs.get('field')}"
-        ) from e
+        raise ScenarioInvalid(f"topology: {e.message}", field=f"topology.{e.attrs.get('field')}") from e
     raw_models = data.get("models") or {}
     if not isinstance(raw_models, Mapping):
         raise ScenarioInvalid("models must map a name to {blocks: {...}}", field="models")
@@ -221,9 +211,7 @@ def read_scenario(path: str | Path) -> Scenario:
     info: dict[str, ModelInfo] = {}
     for name, entry in raw_models.items():
         if not isinstance(entry, Mapping) or not isinstance(entry.get("blocks"), Mapping):
-            raise ScenarioInvalid(
-                f"models.{name}.blocks must map block id -> bytes", field=f"models.{name}"
-            )
+            raise ScenarioInvalid(f"models.{name}.blocks must map block id -> bytes", field=f"models.{name}")
         models[str(name)] = {str(b): s for b, s in entry["blocks"].items()}
         req = entry.get("latency_requirement_s")
         info[str(name)] = ModelInfo(entry.get("backbone"), None if req is None else float(req))
@@ -236,18 +224,12 @@ def read_scenario(path: str | Path) -> Scenario:
         raise ScenarioInvalid("demand must map user -> {model: probability}", field="demand")
     for user, row in raw_demand.items():
         if str(user) not in user_index or not isinstance(row, Mapping):
-            raise ScenarioInvalid(
-                f"demand.{user}: unknown user or not a mapping", field=f"demand.{user}"
-            )
+            raise ScenarioInvalid(f"demand.{user}: unknown user or not a mapping", field=f"demand.{user}")
         for model, p in row.items():
             if str(model) not in model_index:
-                raise ScenarioInvalid(
-                    f"demand.{user}: unknown model {model!r}", field=f"demand.{user}"
-                )
+                raise ScenarioInvalid(f"demand.{user}: unknown model {model!r}", field=f"demand.{user}")
             if isinstance(p, bool) or not isinstance(p, int | float) or not p >= 0:
-                raise ScenarioInvalid(
-                    f"demand.{user}.{model} must be >= 0, got {p!r}", field=f"demand.{user}"
-                )
+                raise ScenarioInvalid(f"demand.{user}.{model} must be >= 0, got {p!r}", field=f"demand.{user}")
             demand[user_index[str(user)], model_index[str(model)]] = float(p)
     seed = data.get("seed")
     return Scenario(topology=topology, models=models, model_info=info, demand=demand, seed=seed)
@@ -269,17 +251,13 @@ def write_scenario(scenario: Scenario, path: str | Path) -> None:
         },
         "demand": {
             users[k]: {
-                m: float(scenario.demand[k, i])
-                for i, m in enumerate(scenario.model_names)
-                if scenario.demand[k, i] > 0
+                m: float(scenario.demand[k, i]) for i, m in enumerate(scenario.model_names) if scenario.demand[k, i] > 0
             }
             for k in range(len(users))
         },
     }
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(
-        dir=target.parent or Path("."), prefix=f".{target.name}.", suffix=".tmp"
-    )
+    fd, tmp = tempfile.mkstemp(dir=target.parent or Path("."), prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             yaml.dump(doc, f, Dumper=_Dumper, sort_keys=False, default_flow_style=None)
@@ -302,9 +280,7 @@ def _backbone_kinds(backbones: int | tuple[str, ...], family: str) -> tuple[str,
         return backbones
     pool = tuple(_GPT2) if family == "lora" else tuple(_RESNET)
     if not 1 <= backbones <= len(pool):
-        raise ScenarioInvalid(
-            f"backbones must be 1..{len(pool)} for {family}, got {backbones}", field="backbones"
-        )
+        raise ScenarioInvalid(f"backbones must be 1..{len(pool)} for {family}, got {backbones}", field="backbones")
     return pool[:backbones]
 
 
@@ -381,15 +357,11 @@ def _random_topology(
         p = (float(rng.uniform(0, area_m)), float(rng.uniform(0, area_m)))
         serving = min(range(n_servers), key=lambda m: math.dist(pos[m], p))
         users.append(UserInfo(f"user-{k + 1}", p, ids[serving]))
-    return Topology(
-        name="synthetic", servers=servers, users=tuple(users), links=links, overhead_s=overhead_s
-    )
+    return Topology(name="synthetic", servers=servers, users=tuple(users), links=links, overhead_s=overhead_s)
 
 
 def _with_capacity(topology: Topology, capacity_bytes: int) -> Topology:
-    servers = tuple(
-        ServerInfo(s.id, s.position, capacity_bytes, s.radio, s.port) for s in topology.servers
-    )
+    servers = tuple(ServerInfo(s.id, s.position, capacity_bytes, s.radio, s.port) for s in topology.servers)
     return Topology(
         name=topology.name,
         servers=servers,

@@ -36,8 +36,13 @@ def create_app(settings: ControllerSettings) -> web.Application:
     nodes.update(settings.node_map())
     app = web.Application(middlewares=[error_middleware])
     app[settings_key] = settings
-    controller = Controller(topology, origin_url=settings.origin_url, node_urls=nodes, token=settings.token,
-                            spool_path=settings.data_dir / UNSAVED_RUNS_FILE)
+    controller = Controller(
+        topology,
+        origin_url=settings.origin_url,
+        node_urls=nodes,
+        token=settings.token,
+        spool_path=settings.data_dir / UNSAVED_RUNS_FILE,
+    )
     app[controller_key] = controller
     doc = ApiDoc("cachenet placement controller")
     r = app.router
@@ -46,27 +51,71 @@ def create_app(settings: ControllerSettings) -> web.Application:
     r.add_get("/healthz", _healthz)
     r.add_get("/metrics", metrics_handler(CollectorRegistry()))
     r.add_get("/openapi.json", doc.handle)
-    doc.route(r, "POST", "/v1/placement/recompute", recompute, operator=True,
-              summary="Recompute the placement now and push plans to the nodes",
-              body={"application/json": {"schema": {"type": "object", "properties": {
-                  "solver": {"type": "string", "enum": sorted(SOLVERS)}}}}},
-              schema={"type": "object", "required": ["stored"], "properties": {"stored": {"type": "boolean"}}})
-    doc.route(r, "GET", "/v1/placement", current, summary="The current placement and last run",
-              schema={"type": "object", "required": ["placement", "last_run"],
-                      "properties": {"placement": {"type": ["object", "null"]},
-                                     "last_run": {"type": ["object", "null"]}}})
-    doc.route(r, "GET", "/v1/runs", runs, summary="Recent placement runs, from the origin's catalogue",
-              query={"limit": {"type": "integer", "minimum": 1, "maximum": MAX_RUNS_LISTED}},
-              schema={"type": "object", "required": ["runs", "source", "unsaved"],
-                      "properties": {"runs": {"type": "array"}, "source": {"type": "string"},
-                                     "unsaved": {"type": "integer"}}})
-    doc.route(r, "GET", "/v1/lookup", lookup, summary="Block id → URLs of the nodes that hold it",
-              schema={"type": "object", "required": ["blocks"], "properties": {"blocks": {
-                  "type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}}}})
-    doc.route(r, "GET", "/v1/topology", topology_view, summary="Servers, links and users of the topology",
-              schema={"type": "object", "required": ["servers", "links", "users"],
-                      "properties": {"servers": {"type": "array"}, "links": {"type": "array"},
-                                     "users": {"type": "array"}}})
+    doc.route(
+        r,
+        "POST",
+        "/v1/placement/recompute",
+        recompute,
+        operator=True,
+        summary="Recompute the placement now and push plans to the nodes",
+        body={
+            "application/json": {
+                "schema": {"type": "object", "properties": {"solver": {"type": "string", "enum": sorted(SOLVERS)}}}
+            }
+        },
+        schema={"type": "object", "required": ["stored"], "properties": {"stored": {"type": "boolean"}}},
+    )
+    doc.route(
+        r,
+        "GET",
+        "/v1/placement",
+        current,
+        summary="The current placement and last run",
+        schema={
+            "type": "object",
+            "required": ["placement", "last_run"],
+            "properties": {"placement": {"type": ["object", "null"]}, "last_run": {"type": ["object", "null"]}},
+        },
+    )
+    doc.route(
+        r,
+        "GET",
+        "/v1/runs",
+        runs,
+        summary="Recent placement runs, from the origin's catalogue",
+        query={"limit": {"type": "integer", "minimum": 1, "maximum": MAX_RUNS_LISTED}},
+        schema={
+            "type": "object",
+            "required": ["runs", "source", "unsaved"],
+            "properties": {"runs": {"type": "array"}, "source": {"type": "string"}, "unsaved": {"type": "integer"}},
+        },
+    )
+    doc.route(
+        r,
+        "GET",
+        "/v1/lookup",
+        lookup,
+        summary="Block id → URLs of the nodes that hold it",
+        schema={
+            "type": "object",
+            "required": ["blocks"],
+            "properties": {
+                "blocks": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}}
+            },
+        },
+    )
+    doc.route(
+        r,
+        "GET",
+        "/v1/topology",
+        topology_view,
+        summary="Servers, links and users of the topology",
+        schema={
+            "type": "object",
+            "required": ["servers", "links", "users"],
+            "properties": {"servers": {"type": "array"}, "links": {"type": "array"}, "users": {"type": "array"}},
+        },
+    )
     app.cleanup_ctx.append(_lifecycle)
     # After _lifecycle, so that a simulation still running is cancelled before the session closes.
     add_dashboard_routes(app, doc, Dashboard(controller))
@@ -84,7 +133,7 @@ async def recompute(request: web.Request) -> web.Response:
         except (ValueError, RecursionError):
             body = None
     if not isinstance(body, dict):  # a JSON number or list used to crash .get() with a 500
-        raise BadInput("body must be a JSON object like {\"solver\": \"trimcaching-gen\"}")
+        raise BadInput('body must be a JSON object like {"solver": "trimcaching-gen"}')
     solver = str(body.get("solver") or settings.solver)
     if solver not in SOLVERS:
         raise BadInput(f"unknown solver {solver!r}; choose one of {', '.join(sorted(SOLVERS))}")
@@ -97,10 +146,12 @@ async def current(request: web.Request) -> web.Response:
     """GET /v1/placement."""
     c = request.app[controller_key]
     last, _ = await c.recent_runs(limit=1)
-    return web.json_response({
-        "placement": None if c.placement is None else c.placement.to_dict(),
-        "last_run": last[0] if last else None,
-    })
+    return web.json_response(
+        {
+            "placement": None if c.placement is None else c.placement.to_dict(),
+            "last_run": last[0] if last else None,
+        }
+    )
 
 
 async def runs(request: web.Request) -> web.Response:

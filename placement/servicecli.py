@@ -28,10 +28,17 @@ def add_controller_command(sub: Any) -> None:
     serve.add_argument("--config", type=Path, help="settings file (TOML or YAML)")
     serve.add_argument("--topology", type=Path, help="topology YAML (default deploy/topologies/demo.yaml)")
     serve.add_argument("--origin", dest="origin_url", help="origin URL (default http://127.0.0.1:8700)")
-    serve.add_argument("--node", dest="nodes", action="append", help="ID=URL of an edge node (default: 127.0.0.1:<port> from the topology)")
+    serve.add_argument(
+        "--node",
+        dest="nodes",
+        action="append",
+        help="ID=URL of an edge node (default: 127.0.0.1:<port> from the topology)",
+    )
     serve.add_argument("--data", dest="data_dir", type=Path, help="folder for runs the origin has not stored yet")
     serve.add_argument("--token", help="operator token (default $CACHENET_TOKEN); also sent to the nodes")
-    serve.add_argument("--interval", dest="interval_s", type=float, help="recompute every S seconds (default: only when asked)")
+    serve.add_argument(
+        "--interval", dest="interval_s", type=float, help="recompute every S seconds (default: only when asked)"
+    )
     serve.add_argument("--solver", help="solver for periodic runs (default trimcaching-gen)")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help=f"port (default {DEFAULT_CONTROLLER_PORT})")
@@ -43,7 +50,9 @@ def add_service_commands(commands: Any) -> None:
     """`placement recompute` and `placement show` (they call a running controller)."""
     rec = commands.add_parser("recompute", help="ask the controller to recompute the placement now")
     rec.add_argument("--controller", default=_DEFAULT_URL, help=f"controller URL (default {_DEFAULT_URL})")
-    rec.add_argument("--solver", help="trimcaching-gen (default), trimcaching-gen-density, trimcaching-spec, independent, optimal")
+    rec.add_argument(
+        "--solver", help="trimcaching-gen (default), trimcaching-gen-density, trimcaching-spec, independent, optimal"
+    )
     rec.add_argument("--token", help="operator token (default $CACHENET_TOKEN)")
     rec.add_argument("--json", action="store_true", help="print the run as JSON")
     rec.set_defaults(func=_recompute)
@@ -60,8 +69,9 @@ def _serve(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {k: getattr(args, k) for k in keys}
     overrides["nodes"] = tuple(args.nodes) if args.nodes else None
     settings = load_settings(ControllerSettings, args.config, os.environ, overrides)
-    return run_app(create_app(settings), host=settings.host, port=settings.port, name="controller",
-                   ssl_context=tls_context(args))
+    return run_app(
+        create_app(settings), host=settings.host, port=settings.port, name="controller", ssl_context=tls_context(args)
+    )
 
 
 def _recompute(args: argparse.Namespace) -> int:
@@ -109,9 +119,13 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _print_run(r: dict[str, Any]) -> None:
-    print(f"run {r['run_id']} ({r['solver']}): expected hit ratio {r['hit_ratio']:.3f}, "
-          f"bytes to move {format_bytes(r['bytes_moved'])}, solved in {r['runtime_s']:.3f} s")
+    print(
+        f"run {r['run_id']} ({r['solver']}): expected hit ratio {r['hit_ratio']:.3f}, "
+        f"bytes to move {format_bytes(r['bytes_moved'])}, solved in {r['runtime_s']:.3f} s"
+    )
     for server, n in sorted(r["nodes"].items()):
         state = "pushed" if n.get("pushed") else f"NOT pushed ({n.get('error', '')})"
-        print(f"  {server:12} {n['blocks']} blocks, {format_bytes(n['bytes'])}, "
-              f"fetch {format_bytes(n.get('bytes_to_fetch', 0))}: {state}")
+        print(
+            f"  {server:12} {n['blocks']} blocks, {format_bytes(n['bytes'])}, "
+            f"fetch {format_bytes(n.get('bytes_to_fetch', 0))}: {state}"
+        )

@@ -30,9 +30,7 @@ SOLVERS: Final[dict[str, Solver]] = {
 def solver_options(solver: str) -> tuple[str, ...]:
     """Keyword options a named solver accepts."""
     if solver not in SOLVERS:
-        raise SolverRefused(
-            f"unknown solver {solver!r}; choose one of {sorted(SOLVERS)}", solver=solver
-        )
+        raise SolverRefused(f"unknown solver {solver!r}; choose one of {sorted(SOLVERS)}", solver=solver)
     params = inspect.signature(SOLVERS[solver]).parameters.values()
     return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
 

@@ -148,9 +148,7 @@ def load_topology(path: str | Path) -> Topology:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise TopologyInvalid(
-            f"topology file {str(path)!r} is not valid YAML: {e}", field="path"
-        ) from e
+        raise TopologyInvalid(f"topology file {str(path)!r} is not valid YAML: {e}", field="path") from e
     return parse_topology(data)
 
 
@@ -163,12 +161,8 @@ def parse_topology(data: object) -> Topology:
         where = f"servers[{idx}]"
         s = _mapping(raw, where)
         port = s.get("port")
-        if port is not None and (
-            not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536
-        ):
-            raise TopologyInvalid(
-                f"{where}.port must be an integer in 1..65535, got {port!r}", field=f"{where}.port"
-            )
+        if port is not None and (not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536):
+            raise TopologyInvalid(f"{where}.port must be an integer in 1..65535, got {port!r}", field=f"{where}.port")
         if "capacity" not in s:
             raise TopologyInvalid(f"{where}.capacity is missing", field=f"{where}.capacity")
         servers.append(
@@ -209,23 +203,17 @@ def parse_topology(data: object) -> Topology:
         serving = u.get("server")
         if serving is None:
             if not servers:
-                raise TopologyInvalid(
-                    f"{where}.server: no servers to attach to", field=f"{where}.server"
-                )
+                raise TopologyInvalid(f"{where}.server: no servers to attach to", field=f"{where}.server")
             serving = min(servers, key=lambda s: math.dist(s.position, pos)).id
         elif serving not in server_ids:
-            raise TopologyInvalid(
-                f"{where}.server: unknown server {serving!r}", field=f"{where}.server"
-            )
+            raise TopologyInvalid(f"{where}.server: unknown server {serving!r}", field=f"{where}.server")
         req = u.get("latency_requirement_s")
         users.append(
             UserInfo(
                 id=_ident(u.get("id", f"user-{idx}"), f"{where}.id"),
                 position=pos,
                 server=serving,
-                latency_requirement_s=None
-                if req is None
-                else _positive(req, f"{where}.latency_requirement_s"),
+                latency_requirement_s=None if req is None else _positive(req, f"{where}.latency_requirement_s"),
             )
         )
     _unique([u.id for u in users], key)
@@ -275,11 +263,7 @@ def topology_to_dict(topology: Topology) -> dict[str, Any]:
         "backhaul": [{"a": x.a, "b": x.b, "rate_bps": x.rate_bps} for x in topology.links],
         "users": [
             {"id": u.id, "position": list(u.position), "server": u.server}
-            | (
-                {}
-                if u.latency_requirement_s is None
-                else {"latency_requirement_s": u.latency_requirement_s}
-            )
+            | ({} if u.latency_requirement_s is None else {"latency_requirement_s": u.latency_requirement_s})
             for u in topology.users
         ],
     }
@@ -355,9 +339,7 @@ def _positive(value: object, where: str, *, allow_zero: bool = False) -> float:
         raise TopologyInvalid(f"{where} is missing", field=where)
     x = _number(value, where)
     if x < 0 or (x == 0 and not allow_zero):
-        raise TopologyInvalid(
-            f"{where} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}", field=where
-        )
+        raise TopologyInvalid(f"{where} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}", field=where)
     return x
 
 
@@ -378,8 +360,6 @@ def _radio(value: object, where: str, base: RadioInfo) -> RadioInfo:
     return RadioInfo(
         bandwidth_hz=_positive(r.get("bandwidth_hz", base.bandwidth_hz), f"{where}.bandwidth_hz"),
         tx_power_dbm=_number(r.get("tx_power_dbm", base.tx_power_dbm), f"{where}.tx_power_dbm"),
-        noise_dbm_per_hz=_number(
-            r.get("noise_dbm_per_hz", base.noise_dbm_per_hz), f"{where}.noise_dbm_per_hz"
-        ),
+        noise_dbm_per_hz=_number(r.get("noise_dbm_per_hz", base.noise_dbm_per_hz), f"{where}.noise_dbm_per_hz"),
         rayleigh=rayleigh,
     )

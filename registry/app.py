@@ -60,8 +60,14 @@ def _make_mirror(settings: OriginSettings, catalogue: Catalogue, store: BlockSto
         return None
     token = os.environ.get(settings.upstream_token_env) if settings.upstream_token_env else None
     rules = MirrorRules(settings.allow, settings.deny, settings.max_file_size, settings.require_commit)
-    return Mirror(catalogue, store, UpstreamHub(settings.upstream_url, token=token), rules=rules,
-                  revalidate_s=settings.upstream_revalidate_s, max_block_size=settings.max_block_size)
+    return Mirror(
+        catalogue,
+        store,
+        UpstreamHub(settings.upstream_url, token=token),
+        rules=rules,
+        revalidate_s=settings.upstream_revalidate_s,
+        max_block_size=settings.max_block_size,
+    )
 
 
 async def _add_stale_ref_header(request: web.Request, resp: web.StreamResponse) -> None:

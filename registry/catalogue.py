@@ -199,8 +199,7 @@ class Catalogue:
         missing = sorted(b for b in blocks if b not in known or not is_stored(b))
         if missing:
             raise MissingBlocks(
-                f"{manifest.name}: {len(missing)} block(s) are not uploaded yet, e.g. {missing[0]}; "
-                "upload them first",
+                f"{manifest.name}: {len(missing)} block(s) are not uploaded yet, e.g. {missing[0]}; upload them first",
                 missing=missing[:100],
                 missing_count=len(missing),
             )
@@ -265,9 +264,7 @@ class Catalogue:
                         .with_for_update(key_share=True)
                     )
                     s.execute(
-                        update(BlockRow)
-                        .where(BlockRow.block_id.in_(batch))
-                        .values(refcount=BlockRow.refcount + 1)
+                        update(BlockRow).where(BlockRow.block_id.in_(batch)).values(refcount=BlockRow.refcount + 1)
                     )
             row = None if tag is None else s.get(TagRow, (model.id, tag))
             if tag is not None and row is None:
@@ -290,14 +287,10 @@ class Catalogue:
                 raise ModelNotFound(f"model {name!r} is not in the catalogue", model=name)
             if COMMIT_RE.match(revision):
                 commit = s.scalar(
-                    select(RevisionRow.commit).where(
-                        RevisionRow.commit == revision, RevisionRow.model_id == model_id
-                    )
+                    select(RevisionRow.commit).where(RevisionRow.commit == revision, RevisionRow.model_id == model_id)
                 )
             else:
-                commit = s.scalar(
-                    select(TagRow.commit).where(TagRow.model_id == model_id, TagRow.tag == revision)
-                )
+                commit = s.scalar(select(TagRow.commit).where(TagRow.model_id == model_id, TagRow.tag == revision))
             if commit is None:
                 raise ModelNotFound(f"model {name!r} has no revision {revision!r}", model=name)
             return commit
@@ -369,9 +362,7 @@ class Catalogue:
                 .where(RevisionBlockRow.block_id.in_(mine), RevisionRow.commit != commit)
                 .distinct()
             ).all()
-            own_model = s.scalar(
-                select(ModelRow.name).join(RevisionRow).where(RevisionRow.commit == commit)
-            )
+            own_model = s.scalar(select(ModelRow.name).join(RevisionRow).where(RevisionRow.commit == commit))
         out: dict[str, int] = {}
         for name, _block_id, size in rows:
             if name != own_model:
@@ -406,9 +397,7 @@ class Catalogue:
         """Every referenced block is stored and every refcount equals its number of revisions."""
         with Session(self.engine) as s:
             counted = dict(
-                s.execute(
-                    select(RevisionBlockRow.block_id, func.count()).group_by(RevisionBlockRow.block_id)
-                ).all()
+                s.execute(select(RevisionBlockRow.block_id, func.count()).group_by(RevisionBlockRow.block_id)).all()
             )
             rows = s.execute(select(BlockRow.block_id, BlockRow.refcount)).all()
         missing = sorted(b for b in counted if not is_stored(b))
@@ -431,9 +420,7 @@ class Catalogue:
         """The most recent placement runs, newest first."""
         with Session(self.engine) as s:
             rows = s.scalars(select(PlacementRunRow).order_by(PlacementRunRow.id.desc()).limit(limit)).all()
-            return [
-                PlacementRunInfo(r.id, r.solver, r.created_at, r.hit_ratio, json.loads(r.summary)) for r in rows
-            ]
+            return [PlacementRunInfo(r.id, r.solver, r.created_at, r.hit_ratio, json.loads(r.summary)) for r in rows]
 
     def forget_unreferenced_blocks(self) -> list[str]:
         """Drop rows of blocks no revision uses (after a crash between upload and publish)."""
@@ -446,7 +433,6 @@ class Catalogue:
 
 def _collision(block_id: str) -> HashCollision:
     return HashCollision(
-        f"block {block_id} is already stored with a different BLAKE3 digest or size; "
-        "refusing the colliding bytes",
+        f"block {block_id} is already stored with a different BLAKE3 digest or size; refusing the colliding bytes",
         block_id=block_id,
     )

@@ -76,9 +76,7 @@ class StreamCutter:
         self.size = size
         self.kind: FileKind = "safetensors" if path.endswith(".safetensors") else "raw"
         self.max_block_size = max_block_size
-        self._segments: list[tuple[int, int]] | None = (
-            _slices(0, size, max_block_size) if self.kind == "raw" else None
-        )
+        self._segments: list[tuple[int, int]] | None = _slices(0, size, max_block_size) if self.kind == "raw" else None
         self._next = 0
         self._buf = bytearray()
         self._received = 0
@@ -161,9 +159,7 @@ def cut_file(
             manifest, offsets = chunk_buffer(b"", path=path, max_block_size=max_block_size)
             return CutFile(manifest, source, offsets)
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            manifest, offsets = chunk_buffer(
-                mm, path=path, max_block_size=max_block_size, progress=progress
-            )
+            manifest, offsets = chunk_buffer(mm, path=path, max_block_size=max_block_size, progress=progress)
     return CutFile(manifest, source, offsets)
 
 

@@ -27,21 +27,33 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     serve = origin_sub.add_parser("serve", help="run the origin server")
     serve.add_argument("--config", type=Path, help="settings file (TOML or YAML)")
     serve.add_argument("--data", dest="data_dir", type=Path, help="data folder (default cachenet-data/origin)")
-    serve.add_argument("--db", dest="db_url", help="SQLAlchemy URL of the catalogue (default: SQLite in the data folder)")
+    serve.add_argument(
+        "--db", dest="db_url", help="SQLAlchemy URL of the catalogue (default: SQLite in the data folder)"
+    )
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help=f"port to listen on (default {DEFAULT_ORIGIN_PORT})")
-    serve.add_argument("--token", help="operator bearer token (default: $CACHENET_TOKEN; without one, operator routes refuse every call)")
+    serve.add_argument(
+        "--token",
+        help="operator bearer token (default: $CACHENET_TOKEN; without one, operator routes refuse every call)",
+    )
     serve.add_argument("--max-block-size", type=parse_size, help="largest block accepted (default 64MiB)")
     mirror = serve.add_argument_group("mirroring an upstream Hugging Face-compatible hub")
     mirror.add_argument("--upstream", dest="upstream_url", help="hub to pull through from, e.g. https://huggingface.co")
     mirror.add_argument("--upstream-token-env", help="environment variable holding the upstream token")
-    mirror.add_argument("--upstream-revalidate", dest="upstream_revalidate_s", type=float,
-                        help="seconds between revalidations of a branch or tag (default 60)")
-    mirror.add_argument("--allow", action="append", help="repository glob that may be mirrored (repeatable; default all)")
+    mirror.add_argument(
+        "--upstream-revalidate",
+        dest="upstream_revalidate_s",
+        type=float,
+        help="seconds between revalidations of a branch or tag (default 60)",
+    )
+    mirror.add_argument(
+        "--allow", action="append", help="repository glob that may be mirrored (repeatable; default all)"
+    )
     mirror.add_argument("--deny", action="append", help="repository glob that is refused (repeatable)")
     mirror.add_argument("--max-file-size", type=parse_size, help="largest file mirrored, e.g. 20GB")
-    mirror.add_argument("--require-commit", action="store_true", default=None,
-                        help="serve only revisions pinned by a 40-digit commit")
+    mirror.add_argument(
+        "--require-commit", action="store_true", default=None, help="serve only revisions pinned by a 40-digit commit"
+    )
     add_tls_arguments(serve)
     serve.set_defaults(func=_origin_serve)
 
@@ -74,14 +86,26 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
 def _origin_serve(args: argparse.Namespace) -> int:
     from registry.app import create_app
 
-    keys = ("data_dir", "db_url", "host", "port", "token", "max_block_size", "upstream_url",
-            "upstream_token_env", "upstream_revalidate_s", "max_file_size", "require_commit")
+    keys = (
+        "data_dir",
+        "db_url",
+        "host",
+        "port",
+        "token",
+        "max_block_size",
+        "upstream_url",
+        "upstream_token_env",
+        "upstream_revalidate_s",
+        "max_file_size",
+        "require_commit",
+    )
     overrides: dict[str, Any] = {k: getattr(args, k) for k in keys}
     overrides["allow"] = tuple(args.allow) if args.allow else None
     overrides["deny"] = tuple(args.deny) if args.deny else None
     settings = load_settings(OriginSettings, args.config, os.environ, overrides)
-    return run_app(create_app(settings), host=settings.host, port=settings.port, name="origin",
-                   ssl_context=tls_context(args))
+    return run_app(
+        create_app(settings), host=settings.host, port=settings.port, name="origin", ssl_context=tls_context(args)
+    )
 
 
 def _publish(args: argparse.Namespace) -> int:
@@ -92,8 +116,9 @@ def _publish(args: argparse.Namespace) -> int:
     settings = load_settings(OriginSettings, None, os.environ, {"max_block_size": args.max_block_size})
 
     async def run() -> dict[str, Any]:
-        target = open_target(origin=args.origin, token=args.token, data=args.data, db=args.db,
-                             max_block_size=args.max_block_size)
+        target = open_target(
+            origin=args.origin, token=args.token, data=args.data, db=args.db, max_block_size=args.max_block_size
+        )
         try:
             report = await publish_path(
                 args.path,
@@ -203,4 +228,3 @@ async def _fetch_model_detail(args: argparse.Namespace, name: str, revision: str
         "unique_bytes": sum(r.size for r in unique.values()),
         "shared_with": shared,
     }
-

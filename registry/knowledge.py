@@ -124,24 +124,18 @@ def read_documents(paths: Sequence[Path]) -> list[DocumentInfo]:
     for given in paths:
         path = Path(given)
         if path.is_dir():
-            files = sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in DOCUMENT_SUFFIXES
-            )
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in DOCUMENT_SUFFIXES)
             docs.extend(d for f in files for d in _read_file(f, f.relative_to(path).as_posix()))
         elif path.is_file():
             if path.suffix.lower() not in DOCUMENT_SUFFIXES:
-                raise BadInput(
-                    f"{path}: unsupported document type; use {', '.join(DOCUMENT_SUFFIXES)}"
-                )
+                raise BadInput(f"{path}: unsupported document type; use {', '.join(DOCUMENT_SUFFIXES)}")
             docs.extend(_read_file(path, path.name))
         else:
             raise BadInput(f"{path} does not exist")
     seen: set[str] = set()
     for d in docs:
         if d.source in seen:
-            raise BadInput(
-                f"two documents are named {d.source!r}; give each file or JSON line a distinct name"
-            )
+            raise BadInput(f"two documents are named {d.source!r}; give each file or JSON line a distinct name")
         seen.add(d.source)
     return docs
 
@@ -149,9 +143,7 @@ def read_documents(paths: Sequence[Path]) -> list[DocumentInfo]:
 def split_into_chunks(doc: DocumentInfo, *, chunk_size: int, overlap: int) -> list[ChunkInfo]:
     """Windows of `chunk_size` words, each starting `chunk_size - overlap` words after the last."""
     if chunk_size <= 0 or not 0 <= overlap < chunk_size:
-        raise BadInput(
-            f"need chunk_size > 0 and 0 <= overlap < chunk_size, got {chunk_size} and {overlap}"
-        )
+        raise BadInput(f"need chunk_size > 0 and 0 <= overlap < chunk_size, got {chunk_size} and {overlap}")
     words = doc.text.split()
     step = chunk_size - overlap
     chunks = []
@@ -170,9 +162,7 @@ def default_shard_count(chunks: int) -> int:
     return max(1, min(MAX_SHARDS, round(math.sqrt(chunks))))
 
 
-def train_centroids(
-    vectors: Vectors, k: int, *, seed: int, iterations: int = KMEANS_ITERATIONS
-) -> Vectors:
+def train_centroids(vectors: Vectors, k: int, *, seed: int, iterations: int = KMEANS_ITERATIONS) -> Vectors:
     """Spherical k-means (k-means++ seeding, unit-length centroids) over unit vectors.
 
     Objective: maximise the sum of inner products between each vector and its centroid
@@ -244,9 +234,7 @@ def build_collection(
             (int(r) for r in np.flatnonzero(labels == number)),
             key=lambda r: (chunks[r].source, chunks[r].position),
         )
-        data = encode_shard(
-            [chunks[r] for r in rows], vectors[rows].reshape(len(rows), vectors.shape[1])
-        )
+        data = encode_shard([chunks[r] for r in rows], vectors[rows].reshape(len(rows), vectors.shape[1]))
         if len(data) > max_block_size:
             raise BadInput(
                 f"shard {number} of {collection} is {len(data)} bytes, "
@@ -316,16 +304,10 @@ async def ingest_paths(
     if previous is not None and previous[0].model == embedder.model_name:
         known = previous[1]
     todo = sorted({c.text for c in chunks if c.text not in known})
-    fresh = (
-        await asyncio.to_thread(embedder.embed, todo)
-        if todo
-        else np.zeros((0, embedder.dims), np.float32)
-    )
+    fresh = await asyncio.to_thread(embedder.embed, todo) if todo else np.zeros((0, embedder.dims), np.float32)
     known.update(zip(todo, fresh, strict=True))
     vectors = np.stack([known[c.text] for c in chunks]).astype(np.float32)
-    k = shards or (
-        len(previous[0].shards) if previous is not None else default_shard_count(len(chunks))
-    )
+    k = shards or (len(previous[0].shards) if previous is not None else default_shard_count(len(chunks)))
     reuse = (
         previous is not None
         and not rebuild
@@ -370,9 +352,7 @@ async def ingest_paths(
     )
 
 
-async def _read_previous(
-    target: PublishTarget, name: str
-) -> tuple[IndexInfo, dict[str, Vectors]] | None:
+async def _read_previous(target: PublishTarget, name: str) -> tuple[IndexInfo, dict[str, Vectors]] | None:
     """The published index of `name` and its vectors by chunk text, or None when there is none."""
     manifest = await _previous_manifest(target, name)
     if manifest is None:

@@ -58,9 +58,7 @@ class OriginKnowledge:
         self._shard_bytes = 0
         self._lock = threading.Lock()
 
-    def collection(
-        self, collection: str, revision: str = "main"
-    ) -> tuple[ModelManifest, IndexInfo]:
+    def collection(self, collection: str, revision: str = "main") -> tuple[ModelManifest, IndexInfo]:
         """The manifest and index of a collection revision; raises `ModelNotFound` (blocking)."""
         name = collection_model_name(collection)
         try:
@@ -107,9 +105,7 @@ def add_knowledge_routes(app: web.Application, doc: ApiDoc) -> None:
     app[knowledge_key] = OriginKnowledge(app[catalogue_key], app[store_key])
     r = app.router
     collection = f"{{collection:{COLLECTION_PATTERN}}}"
-    doc.route(
-        r, "GET", "/v1/knowledge", list_collections, summary="Knowledge collections and their sizes"
-    )
+    doc.route(r, "GET", "/v1/knowledge", list_collections, summary="Knowledge collections and their sizes")
     doc.route(
         r,
         "GET",
@@ -158,9 +154,7 @@ async def describe_collection(request: web.Request) -> web.Response:
     """GET /v1/knowledge/{collection}."""
     kn = request.app[knowledge_key]
     revision = request.query.get("revision", "main")
-    manifest, index = await asyncio.to_thread(
-        kn.collection, request.match_info["collection"], revision
-    )
+    manifest, index = await asyncio.to_thread(kn.collection, request.match_info["collection"], revision)
     return web.json_response(describe_json(manifest, index))
 
 
@@ -168,9 +162,7 @@ async def query_collection(request: web.Request) -> web.Response:
     """POST /v1/knowledge/{collection}/query → the top-k chunks."""
     kn = request.app[knowledge_key]
     query = decode_query_body(await read_body(request, limit=MAX_QUERY_BODY_BYTES))
-    manifest, index = await asyncio.to_thread(
-        kn.collection, request.match_info["collection"], query.revision
-    )
+    manifest, index = await asyncio.to_thread(kn.collection, request.match_info["collection"], query.revision)
     vector = query.embedding
     if vector is None:
         assert query.text is not None
@@ -178,6 +170,4 @@ async def query_collection(request: web.Request) -> web.Response:
     probe = route_query(index, vector, query.nprobe)
     shards = await asyncio.to_thread(kn.shards, index, probe)
     hits = await asyncio.to_thread(search_shards, shards, vector, query.k)
-    return web.json_response(
-        answer_json(index, manifest.revision, probe, hits, served="origin", node="origin")
-    )
+    return web.json_response(answer_json(index, manifest.revision, probe, hits, served="origin", node="origin"))

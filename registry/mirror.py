@@ -82,7 +82,8 @@ class MirrorRules:
         if self.max_file_bytes is not None and size > self.max_file_bytes:
             raise Forbidden(
                 f"{name}/{path} is {size} bytes, over this mirror's limit of {self.max_file_bytes}",
-                model=name, path=path,
+                model=name,
+                path=path,
             )
 
 
@@ -294,8 +295,14 @@ class Mirror:
         if known is not None and known != upstream.commit:
             try:  # the ref moved to a commit already mirrored: move the tag only
                 m = await asyncio.to_thread(self.catalogue.manifest_by_commit, upstream.commit)
-                await asyncio.to_thread(self.catalogue.publish, m, tag=revision, is_stored=self.store.has,
-                                        source="mirrored", upstream=self.hub.url)
+                await asyncio.to_thread(
+                    self.catalogue.publish,
+                    m,
+                    tag=revision,
+                    is_stored=self.store.has,
+                    source="mirrored",
+                    upstream=self.hub.url,
+                )
             except ModelNotFound:
                 pass
         return upstream.commit, revision
@@ -319,11 +326,18 @@ class Mirror:
 
         await asyncio.gather(*(one(f.path) for f in pending.revision.files))
         manifest = ModelManifest(
-            name, tuple(pending.done[f.path] for f in pending.revision.files),
+            name,
+            tuple(pending.done[f.path] for f in pending.revision.files),
             metadata={UPSTREAM_COMMIT_KEY: commit, "upstream": self.hub.url},
         )
-        await asyncio.to_thread(self.catalogue.publish, manifest, tag=tag, is_stored=self.store.has,
-                                source="mirrored", upstream=self.hub.url)
+        await asyncio.to_thread(
+            self.catalogue.publish,
+            manifest,
+            tag=tag,
+            is_stored=self.store.has,
+            source="mirrored",
+            upstream=self.hub.url,
+        )
         self._pending.pop(commit, None)
         log.info("mirrored %s@%s from %s", name, commit, self.hub.url)
         return manifest
@@ -350,8 +364,12 @@ class Mirror:
         try:
             f = await self._transfer(pending, path, flight, spool)
         except BaseException as e:
-            await flight.finish(None, e if isinstance(e, CachenetError) else UpstreamTimeout(
-                f"mirroring {path} from {self.hub.url} failed: {e!r}", upstream=self.hub.url))
+            await flight.finish(
+                None,
+                e
+                if isinstance(e, CachenetError)
+                else UpstreamTimeout(f"mirroring {path} from {self.hub.url} failed: {e!r}", upstream=self.hub.url),
+            )
             spool.unlink(missing_ok=True)
             raise
         await flight.finish(spool, None)

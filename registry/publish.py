@@ -171,8 +171,9 @@ class HttpTarget:
     async def publish(self, manifest: ModelManifest, tag: str) -> dict[str, Any]:
         """POST the manifest."""
         url = f"{self.url}/v1/models/{manifest.name}/revisions"
-        async with self.session.post(url, params={"tag": tag}, data=manifest.to_bytes(),
-                                     headers={"Content-Type": "application/json"}) as resp:
+        async with self.session.post(
+            url, params={"tag": tag}, data=manifest.to_bytes(), headers={"Content-Type": "application/json"}
+        ) as resp:
             await raise_for_status(resp)
             result: dict[str, Any] = await resp.json()
             return result
@@ -183,7 +184,11 @@ class HttpTarget:
 
 
 def open_target(
-    *, origin: str | None, token: str | None, data: Path | None, db: str | None = None,
+    *,
+    origin: str | None,
+    token: str | None,
+    data: Path | None,
+    db: str | None = None,
     max_block_size: int | None = None,
 ) -> PublishTarget:
     """The publish target a command line names: a running origin (`--origin`) or its data folder (`--data`).
@@ -230,9 +235,7 @@ async def publish_path(
     with tqdm(total=total, unit="B", unit_scale=True, desc="cutting", disable=disable, file=sys.stderr) as bar:
         cut: list[CutFile] = []
         for src, rel in sources:
-            cut.append(
-                await asyncio.to_thread(cut_file, src, rel, max_block_size=max_block_size, progress=bar.update)
-            )
+            cut.append(await asyncio.to_thread(cut_file, src, rel, max_block_size=max_block_size, progress=bar.update))
     manifest = ModelManifest(name, tuple(c.manifest for c in cut), base_ref, meta)
     unique = manifest.unique_blocks()
     missing = await target.missing(list(unique))

@@ -9,8 +9,8 @@ from aiohttp import web
 from cachenet.blockid import validate_blake3, validate_block_id
 from cachenet.deviceapi import MODEL_NAME_PATTERN
 from cachenet.errors import BadInput, BlockCorrupt, ManifestInvalid
-from cachenet.manifest import BlockRef, ModelManifest
 from cachenet.httpbody import read_body
+from cachenet.manifest import BlockRef, ModelManifest
 from cachenet.middlewares import require_token
 from cachenet.names import validate_model_name, validate_revision
 from cachenet.openapi import ApiDoc
@@ -28,42 +28,115 @@ _READ_BYTES = 1024 * 1024
 def add_operator_routes(app: web.Application, doc: ApiDoc) -> None:
     """Register the origin's operator API (bearer token) on `app`."""
     r = app.router
-    doc.route(r, "POST", "/v1/blocks/missing", missing, operator=True,
-              summary="Which of these block ids the origin lacks",
-              body={"application/json": {"schema": {"type": "object", "required": ["block_ids"], "properties": {
-                  "block_ids": {"type": "array", "items": {"type": "string"}}}}}},
-              schema={"type": "object", "required": ["missing"],
-                      "properties": {"missing": {"type": "array", "items": {"type": "string"}}}})
-    doc.route(r, "PUT", "/v1/blocks/{block_id}", upload_block, operator=True,
-              summary="Upload one block (verified against its id and the X-Blake3 header)",
-              body={"application/octet-stream": {}}, responses={201: "stored", 200: "already stored"},
-              schema={"type": "object", "required": ["block_id", "stored"],
-                      "properties": {"block_id": {"type": "string"}, "stored": {"type": "boolean"}}})
-    doc.route(r, "POST", f"/v1/models/{{name:{MODEL_NAME_PATTERN}}}/revisions",
-              publish, operator=True, summary="Publish a manifest and move a tag to it",
-              query={"tag": {"type": "string"}},
-              body={"application/json": {"schema": {"type": "object"}}},
-              responses={201: "published", 200: "already published (the tag moved to it)"},
-              schema={"type": "object", "required": ["name", "revision", "tag", "total_bytes", "unique_bytes", "created"],
-                      "properties": {"name": {"type": "string"}, "revision": {"type": "string"},
-                                     "tag": {"type": "string"}, "total_bytes": {"type": "integer"},
-                                     "unique_bytes": {"type": "integer"}, "created": {"type": "boolean"}}})
-    doc.route(r, "GET", f"/v1/models/{{name:{MODEL_NAME_PATTERN}}}/revisions/{{revision}}/sharing", sharing,
-              summary="Bytes of this revision's blocks that each other model also uses",
-              schema={"type": "object", "required": ["revision", "shared_with"],
-                      "properties": {"revision": {"type": "string"}, "shared_with": {"type": "object"}}})
-    doc.route(r, "POST", "/v1/placement-runs", add_placement_run, operator=True,
-              summary="Store a placement run (the controller's run JSON) in the catalogue",
-              body={"application/json": {"schema": {"type": "object", "required": ["solver", "hit_ratio"],
-                                                    "properties": {"solver": {"type": "string"},
-                                                                   "hit_ratio": {"type": "number"}}}}},
-              responses={201: "stored; the body is {\"id\": <catalogue id>}"},
-              schema={"type": "object", "required": ["id"], "properties": {"id": {"type": "integer"}}})
-    doc.route(r, "GET", "/v1/placement-runs", list_placement_runs,
-              summary="The most recent placement runs, newest first",
-              query={"limit": {"type": "integer", "minimum": 1, "maximum": MAX_PLACEMENT_RUNS_LISTED}},
-              schema={"type": "object", "required": ["runs"], "properties": {"runs": {"type": "array", "items": {
-                  "type": "object", "required": ["id", "solver", "created_at", "hit_ratio"]}}}})
+    doc.route(
+        r,
+        "POST",
+        "/v1/blocks/missing",
+        missing,
+        operator=True,
+        summary="Which of these block ids the origin lacks",
+        body={
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["block_ids"],
+                    "properties": {"block_ids": {"type": "array", "items": {"type": "string"}}},
+                }
+            }
+        },
+        schema={
+            "type": "object",
+            "required": ["missing"],
+            "properties": {"missing": {"type": "array", "items": {"type": "string"}}},
+        },
+    )
+    doc.route(
+        r,
+        "PUT",
+        "/v1/blocks/{block_id}",
+        upload_block,
+        operator=True,
+        summary="Upload one block (verified against its id and the X-Blake3 header)",
+        body={"application/octet-stream": {}},
+        responses={201: "stored", 200: "already stored"},
+        schema={
+            "type": "object",
+            "required": ["block_id", "stored"],
+            "properties": {"block_id": {"type": "string"}, "stored": {"type": "boolean"}},
+        },
+    )
+    doc.route(
+        r,
+        "POST",
+        f"/v1/models/{{name:{MODEL_NAME_PATTERN}}}/revisions",
+        publish,
+        operator=True,
+        summary="Publish a manifest and move a tag to it",
+        query={"tag": {"type": "string"}},
+        body={"application/json": {"schema": {"type": "object"}}},
+        responses={201: "published", 200: "already published (the tag moved to it)"},
+        schema={
+            "type": "object",
+            "required": ["name", "revision", "tag", "total_bytes", "unique_bytes", "created"],
+            "properties": {
+                "name": {"type": "string"},
+                "revision": {"type": "string"},
+                "tag": {"type": "string"},
+                "total_bytes": {"type": "integer"},
+                "unique_bytes": {"type": "integer"},
+                "created": {"type": "boolean"},
+            },
+        },
+    )
+    doc.route(
+        r,
+        "GET",
+        f"/v1/models/{{name:{MODEL_NAME_PATTERN}}}/revisions/{{revision}}/sharing",
+        sharing,
+        summary="Bytes of this revision's blocks that each other model also uses",
+        schema={
+            "type": "object",
+            "required": ["revision", "shared_with"],
+            "properties": {"revision": {"type": "string"}, "shared_with": {"type": "object"}},
+        },
+    )
+    doc.route(
+        r,
+        "POST",
+        "/v1/placement-runs",
+        add_placement_run,
+        operator=True,
+        summary="Store a placement run (the controller's run JSON) in the catalogue",
+        body={
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["solver", "hit_ratio"],
+                    "properties": {"solver": {"type": "string"}, "hit_ratio": {"type": "number"}},
+                }
+            }
+        },
+        responses={201: 'stored; the body is {"id": <catalogue id>}'},
+        schema={"type": "object", "required": ["id"], "properties": {"id": {"type": "integer"}}},
+    )
+    doc.route(
+        r,
+        "GET",
+        "/v1/placement-runs",
+        list_placement_runs,
+        summary="The most recent placement runs, newest first",
+        query={"limit": {"type": "integer", "minimum": 1, "maximum": MAX_PLACEMENT_RUNS_LISTED}},
+        schema={
+            "type": "object",
+            "required": ["runs"],
+            "properties": {
+                "runs": {
+                    "type": "array",
+                    "items": {"type": "object", "required": ["id", "solver", "created_at", "hit_ratio"]},
+                }
+            },
+        },
+    )
 
 
 async def missing(request: web.Request) -> web.Response:
@@ -157,8 +230,7 @@ async def add_placement_run(request: web.Request) -> web.Response:
     hit_ratio = doc.get("hit_ratio") if isinstance(doc, dict) else None
     if not isinstance(solver, str) or not 0 < len(solver) <= 64:
         raise BadInput(f"a placement run is a JSON object with a 'solver' of 1-64 characters, got {solver!r}")
-    if (not isinstance(hit_ratio, int | float) or isinstance(hit_ratio, bool)
-            or not 0.0 <= hit_ratio <= 1.0):
+    if not isinstance(hit_ratio, int | float) or isinstance(hit_ratio, bool) or not 0.0 <= hit_ratio <= 1.0:
         raise BadInput(f"a placement run needs a 'hit_ratio' between 0 and 1, got {hit_ratio!r}")
     run_id = await asyncio.to_thread(app[catalogue_key].add_placement_run, solver, float(hit_ratio), doc)
     return web.json_response({"id": run_id}, status=201)
@@ -174,11 +246,20 @@ async def list_placement_runs(request: web.Request) -> web.Response:
     if not 1 <= limit <= MAX_PLACEMENT_RUNS_LISTED:
         raise BadInput(f"limit must be an integer from 1 to {MAX_PLACEMENT_RUNS_LISTED}, got {raw!r}")
     rows = await asyncio.to_thread(request.app[catalogue_key].placement_runs, limit=limit)
-    return web.json_response({"runs": [
-        {"id": r.id, "solver": r.solver, "created_at": r.created_at, "hit_ratio": r.hit_ratio,
-         "summary": r.summary}
-        for r in rows
-    ]})
+    return web.json_response(
+        {
+            "runs": [
+                {
+                    "id": r.id,
+                    "solver": r.solver,
+                    "created_at": r.created_at,
+                    "hit_ratio": r.hit_ratio,
+                    "summary": r.summary,
+                }
+                for r in rows
+            ]
+        }
+    )
 
 
 async def _json_body(request: web.Request, *, limit: int) -> Any:

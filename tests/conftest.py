@@ -68,8 +68,12 @@ class PostgresServer:
 
         url = make_url(self.admin_url)
         with psycopg.connect(
-            host=url.host, port=url.port, user=url.username, password=url.password,
-            dbname=url.database or "postgres", autocommit=True,
+            host=url.host,
+            port=url.port,
+            user=url.username,
+            password=url.password,
+            dbname=url.database or "postgres",
+            autocommit=True,
         ) as conn:
             conn.execute(sql.encode())
 
@@ -108,9 +112,7 @@ def catalogue_backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def catalogue_url(
-    catalogue_backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[str]:
+def catalogue_url(catalogue_backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
     """A SQLAlchemy URL of an empty catalogue database on the chosen backend."""
     if catalogue_backend == "sqlite":
         yield sqlite_url(tmp_path / "catalogue.sqlite")
@@ -124,18 +126,14 @@ def catalogue_url(
 
 
 @pytest.fixture
-def origin_settings(
-    tmp_path: Path, catalogue_backend: str, request: pytest.FixtureRequest
-) -> OriginSettings:
+def origin_settings(tmp_path: Path, catalogue_backend: str, request: pytest.FixtureRequest) -> OriginSettings:
     """Origin settings with a data folder in tmp_path and a known token.
 
     On SQLite the origin keeps its default catalogue file in the data folder; on
     PostgreSQL `db_url` names a fresh database.
     """
     db_url = None if catalogue_backend == "sqlite" else request.getfixturevalue("catalogue_url")
-    return OriginSettings(
-        data_dir=tmp_path / "origin", db_url=db_url, token=OPERATOR_TOKEN, fsync=False
-    )
+    return OriginSettings(data_dir=tmp_path / "origin", db_url=db_url, token=OPERATOR_TOKEN, fsync=False)
 
 
 @pytest.fixture
@@ -201,9 +199,7 @@ def _postgres_bindir() -> Path | None:
     if on_path and shutil.which("pg_ctl"):
         return Path(on_path).parent
     # Debian keeps the server binaries off PATH, one folder per major version: take the newest.
-    found = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[4])
-    )
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[4]))
     return Path(found[-1]).parent if found else None
 
 
@@ -225,18 +221,32 @@ def _running_cluster(bindir: Path, root: Path, as_user: str | None) -> Iterator[
         # cwd: the postgres user may not be allowed into the repository folder.
         return subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120)
 
-    done = pg("initdb", "-D", str(data), "-U", superuser, f"--pwfile={pwfile}",
-              "--auth-local=trust", "--auth-host=scram-sha-256", "--encoding=UTF8", "--no-locale",
-              "--no-sync", "--no-instructions")
+    done = pg(
+        "initdb",
+        "-D",
+        str(data),
+        "-U",
+        superuser,
+        f"--pwfile={pwfile}",
+        "--auth-local=trust",
+        "--auth-host=scram-sha-256",
+        "--encoding=UTF8",
+        "--no-locale",
+        "--no-sync",
+        "--no-instructions",
+    )
     pwfile.unlink()
     if done.returncode != 0:
         raise RuntimeError(f"initdb failed ({done.returncode}): {done.stdout}{done.stderr}")
     for attempt in range(_PG_PORT_ATTEMPTS):
         port = _free_port()
-        options = (f"-c listen_addresses=127.0.0.1 -p {port} -k {sock} "
-                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
-        done = pg("pg_ctl", "start", "-w", "-t", str(_PG_START_TIMEOUT_S), "-D", str(data),
-                  "-l", str(log), "-o", options)
+        options = (
+            f"-c listen_addresses=127.0.0.1 -p {port} -k {sock} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        )
+        done = pg(
+            "pg_ctl", "start", "-w", "-t", str(_PG_START_TIMEOUT_S), "-D", str(data), "-l", str(log), "-o", options
+        )
         if done.returncode == 0:
             break
         if attempt == _PG_PORT_ATTEMPTS - 1:  # else the port was taken in between: try another

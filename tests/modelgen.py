@@ -45,7 +45,6 @@ MALFORMED_SAFETENSORS: Final[dict[str, tuple[bytes | dict[str, object], bytes, i
 }
 
 
-
 def make_finetune(folder: Path, *, seed: int, frozen_layers: int) -> Path:
     """A copy of the real model whose layers from `frozen_layers` up (and the pooler) are changed."""
     src = real_model_dir()

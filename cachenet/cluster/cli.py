@@ -18,13 +18,28 @@ __all__ = ("register",)
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add `up` to the `cachenet` parser."""
-    up = sub.add_parser("up", help="run a local cluster (origin, edge nodes, controller) on loopback ports; Ctrl-C stops it")
-    up.add_argument("--data", type=Path, default=Path("cachenet-data"), help="data folder of the whole cluster (default ./cachenet-data)")
-    up.add_argument("--base-port", type=int, default=8700, help="first port; servers take the following ones (default 8700)")
+    up = sub.add_parser(
+        "up", help="run a local cluster (origin, edge nodes, controller) on loopback ports; Ctrl-C stops it"
+    )
+    up.add_argument(
+        "--data",
+        type=Path,
+        default=Path("cachenet-data"),
+        help="data folder of the whole cluster (default ./cachenet-data)",
+    )
+    up.add_argument(
+        "--base-port", type=int, default=8700, help="first port; servers take the following ones (default 8700)"
+    )
     up.add_argument("--token", help="operator token (default: a new random one, saved in DATA/token)")
-    up.add_argument("--topology", type=Path, default=None, help="topology YAML (default: the demo topology, 3 edge nodes)")
-    up.add_argument("--demo", action="store_true", help="publish the real model and LoRA variants, then pull one as a device")
-    up.add_argument("--exit-after-demo", action="store_true", help="stop the cluster when the demo is done (for scripts and tests)")
+    up.add_argument(
+        "--topology", type=Path, default=None, help="topology YAML (default: the demo topology, 3 edge nodes)"
+    )
+    up.add_argument(
+        "--demo", action="store_true", help="publish the real model and LoRA variants, then pull one as a device"
+    )
+    up.add_argument(
+        "--exit-after-demo", action="store_true", help="stop the cluster when the demo is done (for scripts and tests)"
+    )
     up.add_argument("--json", action="store_true", help="print the demo summary as JSON")
     up.set_defaults(func=_up)
 
@@ -48,33 +63,73 @@ def _up(args: argparse.Namespace) -> int:
     with Cluster(data) as cluster:
         origin_url = f"http://127.0.0.1:{args.base_port}"
         controller_url = f"http://127.0.0.1:{args.base_port + 1}"
-        cluster.start("origin", origin_url, ["origin", "serve", "--data", str(data / "origin"),
-                                             "--port", str(args.base_port), "--token", token])
+        cluster.start(
+            "origin",
+            origin_url,
+            ["origin", "serve", "--data", str(data / "origin"), "--port", str(args.base_port), "--token", token],
+        )
         print(f"origin      {origin_url}   (logs in {data / 'logs'})", flush=True)
         edges: dict[str, str] = {}
         for i, server in enumerate(topology.servers):
             port = args.base_port + 2 + i
             url = f"http://127.0.0.1:{port}"
-            cluster.start(server.id, url, [
-                "edge", "serve", "--node-id", server.id, "--data", str(data / server.id),
-                "--capacity", str(server.capacity_bytes), "--origin", origin_url, "--port", str(port),
-                "--token", token, "--controller", controller_url,
-            ])
+            cluster.start(
+                server.id,
+                url,
+                [
+                    "edge",
+                    "serve",
+                    "--node-id",
+                    server.id,
+                    "--data",
+                    str(data / server.id),
+                    "--capacity",
+                    str(server.capacity_bytes),
+                    "--origin",
+                    origin_url,
+                    "--port",
+                    str(port),
+                    "--token",
+                    token,
+                    "--controller",
+                    controller_url,
+                ],
+            )
             edges[server.id] = url
             print(f"{server.id:11} {url}   capacity {format_bytes(server.capacity_bytes)}", flush=True)
-        cluster.start("controller", controller_url, [
-            "controller", "serve", "--topology", str(topology_path), "--origin", origin_url,
-            "--port", str(args.base_port + 1), "--token", token, "--data", str(data / "controller"),
-            *[arg for sid, url in edges.items() for arg in ("--node", f"{sid}={url}")],
-        ])
+        cluster.start(
+            "controller",
+            controller_url,
+            [
+                "controller",
+                "serve",
+                "--topology",
+                str(topology_path),
+                "--origin",
+                origin_url,
+                "--port",
+                str(args.base_port + 1),
+                "--token",
+                token,
+                "--data",
+                str(data / "controller"),
+                *[arg for sid, url in edges.items() for arg in ("--node", f"{sid}={url}")],
+            ],
+        )
         print(f"controller  {controller_url}", flush=True)
         print(f"operator token in {token_file}", flush=True)
         if args.demo:
             from cachenet.cluster.demo import run_demo
 
-            summary = asyncio.run(run_demo(origin_url=origin_url, controller_url=controller_url,
-                                           edge_url=next(iter(edges.values())), token=token,
-                                           work_dir=data / "demo"))
+            summary = asyncio.run(
+                run_demo(
+                    origin_url=origin_url,
+                    controller_url=controller_url,
+                    edge_url=next(iter(edges.values())),
+                    token=token,
+                    work_dir=data / "demo",
+                )
+            )
             if args.json:
                 print(json.dumps(summary, indent=2))
             else:

@@ -14,9 +14,8 @@ import aiohttp
 from huggingface_hub import snapshot_download
 from prometheus_client.parser import text_string_to_metric_families
 
-from cachenet.httpclient import auth_headers, raise_for_status
-
 from cachenet.cluster.demomodels import REAL_MODEL_NAME, make_lora_adapter, real_model_dir
+from cachenet.httpclient import auth_headers, raise_for_status
 from cachenet.units import format_bytes
 from clients.pull import PullReport, pull
 from registry.publish import HttpTarget, publish_path
@@ -37,7 +36,9 @@ async def run_demo(
         for i in range(DEMO_LORA_VARIANTS):
             folder = make_lora_adapter(work_dir / f"lora-{i}", seed=i, r=8 + 8 * (i % 2))
             reports.append(
-                await publish_path(folder, name=f"demo/minilm-lora-{i}", target=target, base=REAL_MODEL_NAME, progress=False)
+                await publish_path(
+                    folder, name=f"demo/minilm-lora-{i}", target=target, base=REAL_MODEL_NAME, progress=False
+                )
             )
     finally:
         await target.close()
@@ -91,10 +92,12 @@ async def run_demo(
 async def _concurrent_variant_pulls(edge_url: str, devices: Path) -> dict[str, Any]:
     """Every LoRA variant pulled at once by its own device through one edge node (multicast where it can)."""
     before = await _egress(edge_url)
-    reports: list[PullReport] = await asyncio.gather(*(
-        pull(f"demo/minilm-lora-{i}", sources=[edge_url], store=devices / f"device-{i}", progress=False)
-        for i in range(DEMO_LORA_VARIANTS)
-    ))
+    reports: list[PullReport] = await asyncio.gather(
+        *(
+            pull(f"demo/minilm-lora-{i}", sources=[edge_url], store=devices / f"device-{i}", progress=False)
+            for i in range(DEMO_LORA_VARIANTS)
+        )
+    )
     after = await _egress(edge_url)
     egress = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in ("multicast", "unicast", "repair")}
     sent = sum(egress.values())
@@ -106,12 +109,21 @@ async def _concurrent_variant_pulls(edge_url: str, devices: Path) -> dict[str, A
         f"{format_bytes(egress['unicast'])} by unicast, {format_bytes(egress['repair'])} of repair = "
         f"{format_bytes(sent)}, versus {format_bytes(unicast_only)} by unicast alone"
     )
-    return {"sessions": len(sessions), "egress_bytes": int(sent), "egress_by_kind": egress,
-            "unicast_only_bytes": unicast_only, "line": line}
+    return {
+        "sessions": len(sessions),
+        "egress_bytes": int(sent),
+        "egress_by_kind": egress,
+        "unicast_only_bytes": unicast_only,
+        "line": line,
+    }
 
 
 async def _egress(edge_url: str) -> dict[str, float]:
     async with aiohttp.ClientSession() as session, session.get(f"{edge_url}/metrics") as resp:
         text = await resp.text()
-    return {s.labels["kind"]: s.value for family in text_string_to_metric_families(text)
-            for s in family.samples if s.name == "cachenet_edge_egress_bytes_total"}
+    return {
+        s.labels["kind"]: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "cachenet_edge_egress_bytes_total"
+    }

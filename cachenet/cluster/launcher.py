@@ -48,7 +48,10 @@ class Cluster:
         server = ServerProcess(name, url, [sys.executable, "-m", "cachenet", *args], log_path)
         with open(log_path, "ab") as out:
             server.process = subprocess.Popen(
-                server.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                server.argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         self.servers.append(server)

@@ -87,8 +87,15 @@ def _egress_counter(metrics: EdgeMetrics) -> Callable[[web.Request, int], None]:
 async def _healthz(request: web.Request) -> web.Response:
     settings = request.app[settings_key]
     store = request.app[cache_key].store
-    return web.json_response({"status": "ok", "role": "edge", "node_id": settings.node_id,
-                              "used_bytes": store.used_bytes, "capacity_bytes": settings.capacity_bytes})
+    return web.json_response(
+        {
+            "status": "ok",
+            "role": "edge",
+            "node_id": settings.node_id,
+            "used_bytes": store.used_bytes,
+            "capacity_bytes": settings.capacity_bytes,
+        }
+    )
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -75,7 +75,9 @@ class EdgeCache:
     def __init__(self, settings: EdgeSettings, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.metrics = EdgeMetrics()
-        self.store = BlockStore(settings.data_dir / "store", capacity_bytes=settings.capacity_bytes, fsync=settings.fsync)
+        self.store = BlockStore(
+            settings.data_dir / "store", capacity_bytes=settings.capacity_bytes, fsync=settings.fsync
+        )
         self.policy: ReplacementPolicy = self._load_policy(clock)
         self.plan = self._load_plan()
         self.flights: dict[str, Flight] = {}
@@ -168,8 +170,10 @@ class EdgeCache:
         else:
             self.metrics.singleflight_merged.inc()
         await flight.wait_started()
-        if flight.trusted and not flight.done and (
-            flight.size >= self.settings.cut_through_min_bytes or not flight.stored
+        if (
+            flight.trusted
+            and not flight.done
+            and (flight.size >= self.settings.cut_through_min_bytes or not flight.stored)
         ):
             return flight
         path = await flight.wait()
@@ -272,8 +276,9 @@ class EdgeCache:
             self.metrics.upstream_errors.labels(kind, reason).inc()
             errors.append(f"{kind} {url}: {reason}")
         if all(e.endswith("not_found") for e in errors):
-            raise BlockNotFound(f"block {flight.block_id} is held by no peer and not by the origin",
-                                block_id=flight.block_id)
+            raise BlockNotFound(
+                f"block {flight.block_id} is held by no peer and not by the origin", block_id=flight.block_id
+            )
         raise UpstreamUnavailable(
             f"block {flight.block_id} could not be fetched: {'; '.join(errors)}", block_id=flight.block_id
         )
@@ -403,8 +408,9 @@ class EdgeCache:
                     if isinstance(handle, Flight):
                         await handle.wait()
                     if not self.store.has(ref.block_id):  # served from a spool file, not held
-                        raise CapacityExceeded(f"block {ref.block_id} could not be admitted",
-                                               node_id=self.settings.node_id)
+                        raise CapacityExceeded(
+                            f"block {ref.block_id} could not be admitted", node_id=self.settings.node_id
+                        )
                     plan.fetched += 1
                 except CachenetError as e:
                     plan.failed.append(ref.block_id)
@@ -429,8 +435,9 @@ class EdgeCache:
         cls = type(make_policy(self.settings.policy, capacity_bytes=self.settings.capacity_bytes))
         policy: ReplacementPolicy
         try:
-            policy = cls.from_state(json.loads(path.read_text()), capacity_bytes=self.settings.capacity_bytes,
-                                    clock=clock)
+            policy = cls.from_state(
+                json.loads(path.read_text()), capacity_bytes=self.settings.capacity_bytes, clock=clock
+            )
         except (OSError, ValueError, BadInput, KeyError, TypeError):
             policy = make_policy(self.settings.policy, capacity_bytes=self.settings.capacity_bytes, clock=clock)
         held = self.store.sizes()
@@ -455,8 +462,10 @@ class EdgeCache:
         return PlanStatus(doc.get("plan_id"), refs, state="restored")
 
     def _save_plan(self) -> None:
-        doc = {"plan_id": self.plan.plan_id,
-               "blocks": [[r.block_id, r.blake3, r.size] for r in self.plan.blocks.values()]}
+        doc = {
+            "plan_id": self.plan.plan_id,
+            "blocks": [[r.block_id, r.blake3, r.size] for r in self.plan.blocks.values()],
+        }
         atomic_write_bytes(self.settings.data_dir / "plan.json", json.dumps(doc).encode())
 
 
@@ -494,8 +503,9 @@ class _SpoolFile:
 class _Sink:
     """Where a fetched block's bytes go: the store (admitted) or a spool file (not admitted)."""
 
-    def __init__(self, *, writer: BlockWriter | None = None, store: BlockStore | None = None,
-                 spool: _SpoolFile | None = None) -> None:
+    def __init__(
+        self, *, writer: BlockWriter | None = None, store: BlockStore | None = None, spool: _SpoolFile | None = None
+    ) -> None:
         self.writer, self.store, self.spool = writer, store, spool
         self.stored = writer is not None
         self.path: Path = writer.temp_path if writer is not None else spool.path  # type: ignore[union-attr]

@@ -90,8 +90,10 @@ class EdgeSettings:
                 ipaddress.IPv4Address(self.multicast_interface)
             except ValueError:
                 raise BadInput(f"multicast interface {self.multicast_interface!r}: give its IPv4 address") from None
-        if self.multicast_rate <= 0 or min(self.multicast_window_s, self.multicast_lead_s,
-                                           self.multicast_nack_window_s) < 0:
+        if (
+            self.multicast_rate <= 0
+            or min(self.multicast_window_s, self.multicast_lead_s, self.multicast_nack_window_s) < 0
+        ):
             raise BadInput("multicast rate must be positive, window and lead time not negative")
         if self.multicast_piece_bytes is not None and not 512 <= self.multicast_piece_bytes <= 65000:
             raise BadInput(f"multicast piece size must be 512-65000 bytes, got {self.multicast_piece_bytes}")

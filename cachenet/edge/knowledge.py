@@ -153,9 +153,7 @@ class EdgeKnowledge:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
 
-    async def collection(
-        self, collection: str, revision: str = "main"
-    ) -> tuple[ModelManifest, IndexInfo]:
+    async def collection(self, collection: str, revision: str = "main") -> tuple[ModelManifest, IndexInfo]:
         """A collection's manifest (cached, tags revalidated) and index (a cached block)."""
         name = collection_model_name(collection)
         try:
@@ -175,9 +173,7 @@ class EdgeKnowledge:
             self._indexes[ref.block_id] = index
         return manifest, index
 
-    async def answer(
-        self, collection: str, body: bytes, *, cell: str | None = None
-    ) -> dict[str, Any]:
+    async def answer(self, collection: str, body: bytes, *, cell: str | None = None) -> dict[str, Any]:
         """Answer a query body locally, after fetching shards, or by forwarding it to the origin."""
         query = decode_query_body(body)
         manifest, index = await self.collection(collection, query.revision)
@@ -200,10 +196,7 @@ class EdgeKnowledge:
         self.shard_hits.labels(collection).inc(len(shards))
         if missing:
             need = sum(i.size for i in missing.values())
-            if (
-                query.deadline_ms is not None
-                and self.estimator.estimate_s(need) * 1000 > query.deadline_ms
-            ):
+            if query.deadline_ms is not None and self.estimator.estimate_s(need) * 1000 > query.deadline_ms:
                 if self.fetch_behind_forward:
                     self._fetch_behind(collection, manifest.name, list(missing.values()))
                 return await self._forward(collection, body, "deadline")
@@ -211,9 +204,7 @@ class EdgeKnowledge:
         hits = await asyncio.to_thread(search_shards, shards, vector, query.k)
         served = "fetched" if missing else "local"
         self.queries.labels(collection, served).inc()
-        return answer_json(
-            index, manifest.revision, probe, hits, served=served, node=self.cache.settings.node_id
-        )
+        return answer_json(index, manifest.revision, probe, hits, served=served, node=self.cache.settings.node_id)
 
     def held_shards(self, index: IndexInfo) -> list[int]:
         """Numbers of the collection's shards the store holds."""
@@ -224,10 +215,7 @@ class EdgeKnowledge:
     async def _vector(self, query: QueryInfo, index: IndexInfo) -> Vectors | None:
         if query.embedding is not None:
             if query.embedding.shape != (index.dims,):
-                raise BadInput(
-                    f"'embedding' has {query.embedding.shape[0]} dims; "
-                    f"the collection has {index.dims}"
-                )
+                raise BadInput(f"'embedding' has {query.embedding.shape[0]} dims; the collection has {index.dims}")
             return query.embedding
         assert query.text is not None
         try:
@@ -259,9 +247,7 @@ class EdgeKnowledge:
                 self._decoded.popitem(last=False)
         return shard
 
-    async def _fetch(
-        self, collection: str, model: str, missing: dict[int, ShardInfo]
-    ) -> dict[int, Shard]:
+    async def _fetch(self, collection: str, model: str, missing: dict[int, ShardInfo]) -> dict[int, Shard]:
         started = self._clock()
         datas = await asyncio.gather(*(self._read(i.ref, model) for i in missing.values()))
         self.estimator.observe(sum(len(d) for d in datas), self._clock() - started)
@@ -318,9 +304,7 @@ class EdgeKnowledge:
         url = f"{self.cache.settings.origin_url.rstrip('/')}/v1/knowledge/{collection}/query"
         self.forwards.labels(collection, reason).inc()
         try:
-            async with self.cache.session.post(
-                url, data=body, headers={"Content-Type": "application/json"}
-            ) as resp:
+            async with self.cache.session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
                 try:
                     await raise_for_status(resp)
                 except CachenetError as e:
@@ -389,9 +373,7 @@ async def _describe(request: web.Request) -> web.Response:
     manifest, index = await knowledge.collection(
         request.match_info["collection"], request.query.get("revision", "main")
     )
-    return web.json_response(
-        {**describe_json(manifest, index), "held": knowledge.held_shards(index)}
-    )
+    return web.json_response({**describe_json(manifest, index), "held": knowledge.held_shards(index)})
 
 
 async def _query(request: web.Request) -> web.Response:

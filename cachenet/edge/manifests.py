@@ -147,4 +147,3 @@ class ManifestCache:
                         self._tags[(row["name"], row["tag"])] = _Tag(row["commit"], float("-inf"))
             except (ValueError, KeyError, TypeError):
                 log.warning("ignoring unreadable %s", tags_file)
-

@@ -193,8 +193,9 @@ class MulticastHub:
             raise BadInput("a join names at least one block")
         self._labels += 1
         planned_rate = None if rate is None else _RATE_STEP ** math.floor(math.log(rate, _RATE_STEP))
-        member = Member(secrets.token_hex(8), MemberDemand(f"device-{self._labels}", tuple(refs), planned_rate), refs,
-                        manifest.name)
+        member = Member(
+            secrets.token_hex(8), MemberDemand(f"device-{self._labels}", tuple(refs), planned_rate), refs, manifest.name
+        )
         running = self._running_session_for(member)
         if running is not None:
             return self._join_late(running, member)
@@ -267,8 +268,13 @@ class MulticastHub:
                 raise NotFound("the node is shutting down")
             s = self.settings
             sizes = {b: r.size for m in members for b, r in m.refs.items()}
-            plan = await asyncio.to_thread(plan_delivery, [m.demand for m in members], sizes,
-                                           egress_rate=self._link_rate(), multicast_rate=s.multicast_rate)
+            plan = await asyncio.to_thread(
+                plan_delivery,
+                [m.demand for m in members],
+                sizes,
+                egress_rate=self._link_rate(),
+                multicast_rate=s.multicast_rate,
+            )
             if self._closing:
                 raise NotFound("the node is shutting down")
             answers = self._start_sessions(members, plan)
@@ -288,9 +294,14 @@ class MulticastHub:
 
     def _start_sessions(self, members: list[Member], plan: DeliveryPlan) -> dict[str, dict[str, Any]]:
         plan_json = self.last_plan = plan.to_json()
-        log.info("multicast batch of %d: %d groups, estimate %.2f s mean (%.2f s unicast only), %d bytes",
-                 len(members), len(plan.groups), plan.mean_completion_s,
-                 plan_json["unicast_only"]["mean_completion_s"], plan.egress_bytes)
+        log.info(
+            "multicast batch of %d: %d groups, estimate %.2f s mean (%.2f s unicast only), %d bytes",
+            len(members),
+            len(plan.groups),
+            plan.mean_completion_s,
+            plan_json["unicast_only"]["mean_completion_s"],
+            plan.egress_bytes,
+        )
         by_label = {m.demand.member: m for m in members}
         answers: dict[str, dict[str, Any]] = {}
         for g in plan.groups:
@@ -316,8 +327,11 @@ class MulticastHub:
         used = {x.slot for x in self.sessions.values() if x.state in LIVE_STATES}
         free = [i for i in range(s.multicast_groups) if i not in used]
         if not free:
-            log.warning("all %d multicast groups are busy: %d devices get their blocks by unicast",
-                        s.multicast_groups, len(g.members))
+            log.warning(
+                "all %d multicast groups are busy: %d devices get their blocks by unicast",
+                s.multicast_groups,
+                len(g.members),
+            )
             return None
         refs = {b: r for label in g.members for b, r in by_label[label].refs.items()}
         session = Session(
@@ -372,8 +386,13 @@ class MulticastHub:
         session.joined += 1
         self.metrics.multicast_members.labels("late").inc()
         self._count_members()
-        log.info("device %s joined multicast session %s late, at block %d of %d",
-                 member.member_id, session.hex, session.cursor, len(session.blocks))
+        log.info(
+            "device %s joined multicast session %s late, at block %d of %d",
+            member.member_id,
+            session.hex,
+            session.cursor,
+            len(session.blocks),
+        )
         return self._answer(session, member, late=True)
 
     # -- sending -------------------------------------------------------------------------
@@ -388,9 +407,16 @@ class MulticastHub:
             if self.egress is not None:
                 pacers.append(self.egress)
             session.sender = SessionSender(
-                session=session.session_id, blocks=session.blocks, model=session.model, sock=self._sock,
-                address=(session.group, session.port), piece_bytes=session.piece_bytes, pacers=pacers,
-                cache=self.cache, metrics=self.metrics, drop_rate=s.multicast_test_drop,
+                session=session.session_id,
+                blocks=session.blocks,
+                model=session.model,
+                sock=self._sock,
+                address=(session.group, session.port),
+                piece_bytes=session.piece_bytes,
+                pacers=pacers,
+                cache=self.cache,
+                metrics=self.metrics,
+                drop_rate=s.multicast_test_drop,
                 still_wanted=lambda: bool(session.members),
             )
             await asyncio.sleep(s.multicast_lead_s)  # members join the group meanwhile
@@ -409,9 +435,16 @@ class MulticastHub:
             self.metrics.multicast_sessions_active.dec()
             self._count_members()
             sender = session.sender
-            log.info("multicast session %s %s: %d bytes to %s:%d for %d members (%d dropped by the test hook)",
-                     session.hex, result, sender.sent_bytes if sender else 0, session.group, session.port,
-                     session.joined, sender.dropped_bytes if sender else 0)
+            log.info(
+                "multicast session %s %s: %d bytes to %s:%d for %d members (%d dropped by the test hook)",
+                session.hex,
+                result,
+                sender.sent_bytes if sender else 0,
+                session.group,
+                session.port,
+                session.joined,
+                sender.dropped_bytes if sender else 0,
+            )
 
     async def _send_passes(self, session: Session, sender: SessionSender) -> bool:
         """The main pass, then repair passes of the pieces several members lack, while any do."""
@@ -432,15 +465,21 @@ class MulticastHub:
                     wanted.setdefault(seq, []).append(piece)
             if not wanted:
                 break
-            log.info("multicast session %s, repair round %d: %d members reported losses; resending %d pieces",
-                     session.hex, repair_round, len(session.nacked), sum(len(v) for v in wanted.values()))
+            log.info(
+                "multicast session %s, repair round %d: %d members reported losses; resending %d pieces",
+                session.hex,
+                repair_round,
+                len(session.nacked),
+                sum(len(v) for v in wanted.values()),
+            )
             if not await sender.resend(wanted):
                 return False
         await sender.end(repair_round=session.repair_round + 1, final=True)
         return True
 
-    def nack(self, session_hex: str, member_id: str, missing: Sequence[Sequence[int]],
-             repair_round: int) -> dict[str, Any]:
+    def nack(
+        self, session_hex: str, member_id: str, missing: Sequence[Sequence[int]], repair_round: int
+    ) -> dict[str, Any]:
         """A member's report of the pieces it lacks when `repair_round` starts: [[block seq, first, end piece], ...]."""
         session = self.session(session_hex)
         if member_id not in session.members:
@@ -456,8 +495,9 @@ class MulticastHub:
             if not 0 <= lo < hi <= pieces:
                 raise BadInput(f"pieces [{lo}, {hi}) are outside block {seq}'s {pieces} pieces")
             counted.update((seq, i) for i in range(lo, hi))
-        accepted = (session.state == "repairing" and repair_round == session.repair_round
-                    and member_id not in session.nacked)
+        accepted = (
+            session.state == "repairing" and repair_round == session.repair_round and member_id not in session.nacked
+        )
         if accepted:
             session.nacked.add(member_id)
             session.nacks.update(counted)
@@ -481,7 +521,13 @@ class MulticastHub:
 
 
 def _unicast_answer(m: Member, plan: dict[str, Any]) -> dict[str, Any]:
-    return {"member": m.member_id, "session": None, "multicast": [], "multicast_seq": [], "repair": [],
-            "unicast": list(m.refs),
-            "late": False, "plan": plan}
-
+    return {
+        "member": m.member_id,
+        "session": None,
+        "multicast": [],
+        "multicast_seq": [],
+        "repair": [],
+        "unicast": list(m.refs),
+        "late": False,
+        "plan": plan,
+    }

@@ -1,10 +1,10 @@
 """Device routes of multicast delivery: the announcement, joining, session state, leaving.
 
-    GET  /v1/multicast                              groups, port, interface, sessions under way
-    POST /v1/multicast/join                         {"model", "revision", "blocks": [...], "rate"?}
-    GET  /v1/multicast/sessions/{session}           state and sender progress (members poll it)
-    POST /v1/multicast/sessions/{session}/nack      {"member", "round", "missing": [[block seq, first piece, end piece]]}
-    POST /v1/multicast/sessions/{session}/leave     {"member", "expected_bytes", "missed_bytes"}
+GET  /v1/multicast                              groups, port, interface, sessions under way
+POST /v1/multicast/join                         {"model", "revision", "blocks": [...], "rate"?}
+GET  /v1/multicast/sessions/{session}           state and sender progress (members poll it)
+POST /v1/multicast/sessions/{session}/nack      {"member", "round", "missing": [[block seq, first piece, end piece]]}
+POST /v1/multicast/sessions/{session}/leave     {"member", "expected_bytes", "missed_bytes"}
 """
 
 import json
@@ -25,39 +25,76 @@ hub_key = web.AppKey("multicast_hub", MulticastHub)
 MAX_JOIN_BYTES: Final = 4 * 1024 * 1024
 _HEX16_RE: Final = re.compile(r"^[0-9a-f]{16}\Z")  # session and member ids
 _SESSION_SCHEMA: Final[dict[str, Any]] = {
-    "type": "object", "required": ["session", "state", "group", "port", "cursor", "blocks"],
-    "properties": {"session": {"type": "string"}, "state": {"enum": ["waiting", "sending", "repairing", "done",
-                                                                      "abandoned", "failed"]},
-                   "group": {"type": "string"}, "port": {"type": "integer"}, "cursor": {"type": "integer"},
-                   "blocks": {"type": "integer"}, "members": {"type": "integer"}},
+    "type": "object",
+    "required": ["session", "state", "group", "port", "cursor", "blocks"],
+    "properties": {
+        "session": {"type": "string"},
+        "state": {"enum": ["waiting", "sending", "repairing", "done", "abandoned", "failed"]},
+        "group": {"type": "string"},
+        "port": {"type": "integer"},
+        "cursor": {"type": "integer"},
+        "blocks": {"type": "integer"},
+        "members": {"type": "integer"},
+    },
 }
 _JOIN_BODY: Final[dict[str, Any]] = {
-    "type": "object", "required": ["model", "blocks"],
-    "properties": {"model": {"type": "string"}, "revision": {"type": "string"},
-                   "blocks": {"type": "array", "items": {"type": "string", "pattern": "^[0-9a-f]{32}$"}},
-                   "rate": {"type": ["number", "null"], "exclusiveMinimum": 0}},
+    "type": "object",
+    "required": ["model", "blocks"],
+    "properties": {
+        "model": {"type": "string"},
+        "revision": {"type": "string"},
+        "blocks": {"type": "array", "items": {"type": "string", "pattern": "^[0-9a-f]{32}$"}},
+        "rate": {"type": ["number", "null"], "exclusiveMinimum": 0},
+    },
 }
 
 
 def add_multicast_routes(app: web.Application, doc: ApiDoc) -> None:
     """Register /v1/multicast*; without a hub in `app[hub_key]` the node announces multicast as off."""
     r = app.router
-    doc.route(r, "GET", "/v1/multicast", announcement, summary="Multicast groups, port and sessions of this node",
-              schema={"type": "object", "required": ["enabled"]})
-    doc.route(r, "POST", "/v1/multicast/join", join,
-              summary="Join multicast delivery of blocks: which come by multicast (and where), which by unicast",
-              body={"application/json": {"schema": _JOIN_BODY}},
-              schema={"type": "object", "required": ["member", "session", "multicast", "repair", "unicast"]})
-    doc.route(r, "GET", "/v1/multicast/sessions/{session}", session_state, summary="A session's state and progress",
-              schema=_SESSION_SCHEMA)
-    doc.route(r, "POST", "/v1/multicast/sessions/{session}/nack", nack,
-              summary="Report the pieces lacking after the main pass (sent again by multicast when several lack them)",
-              body={"application/json": {"schema": {"type": "object", "required": ["member", "missing"]}}},
-              schema=_SESSION_SCHEMA)
-    doc.route(r, "POST", "/v1/multicast/sessions/{session}/leave", leave,
-              summary="Leave a session, reporting the multicast bytes expected and lost",
-              body={"application/json": {"schema": {"type": "object", "required": ["member"]}}},
-              schema=_SESSION_SCHEMA)
+    doc.route(
+        r,
+        "GET",
+        "/v1/multicast",
+        announcement,
+        summary="Multicast groups, port and sessions of this node",
+        schema={"type": "object", "required": ["enabled"]},
+    )
+    doc.route(
+        r,
+        "POST",
+        "/v1/multicast/join",
+        join,
+        summary="Join multicast delivery of blocks: which come by multicast (and where), which by unicast",
+        body={"application/json": {"schema": _JOIN_BODY}},
+        schema={"type": "object", "required": ["member", "session", "multicast", "repair", "unicast"]},
+    )
+    doc.route(
+        r,
+        "GET",
+        "/v1/multicast/sessions/{session}",
+        session_state,
+        summary="A session's state and progress",
+        schema=_SESSION_SCHEMA,
+    )
+    doc.route(
+        r,
+        "POST",
+        "/v1/multicast/sessions/{session}/nack",
+        nack,
+        summary="Report the pieces lacking after the main pass (sent again by multicast when several lack them)",
+        body={"application/json": {"schema": {"type": "object", "required": ["member", "missing"]}}},
+        schema=_SESSION_SCHEMA,
+    )
+    doc.route(
+        r,
+        "POST",
+        "/v1/multicast/sessions/{session}/leave",
+        leave,
+        summary="Leave a session, reporting the multicast bytes expected and lost",
+        body={"application/json": {"schema": {"type": "object", "required": ["member"]}}},
+        schema=_SESSION_SCHEMA,
+    )
 
 
 def _hub(request: web.Request) -> MulticastHub:

@@ -16,36 +16,77 @@ from cachenet.openapi import ApiDoc
 __all__ = ("add_node_routes", "parse_plan")
 
 MAX_PLAN_BYTES = 64 * 1024 * 1024
-_PLAN_SCHEMA: dict[str, Any] = {"type": "object", "required": ["plan_id", "blocks", "bytes", "fetched", "failed", "state"],
-                                "properties": {"plan_id": {"type": ["string", "null"]}, "blocks": {"type": "integer"},
-                                               "bytes": {"type": "integer"}, "fetched": {"type": "integer"},
-                                               "failed": {"type": "array"}, "state": {"type": "string"}}}
+_PLAN_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["plan_id", "blocks", "bytes", "fetched", "failed", "state"],
+    "properties": {
+        "plan_id": {"type": ["string", "null"]},
+        "blocks": {"type": "integer"},
+        "bytes": {"type": "integer"},
+        "fetched": {"type": "integer"},
+        "failed": {"type": "array"},
+        "state": {"type": "string"},
+    },
+}
 _STATE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["node_id", "capacity_bytes", "used_bytes", "pinned_bytes", "cached_bytes", "blocks", "plan", "models"],
-    "properties": {"node_id": {"type": "string"}, "capacity_bytes": {"type": "integer"},
-                   "used_bytes": {"type": "integer"}, "pinned_bytes": {"type": "integer"},
-                   "cached_bytes": {"type": "integer"}, "blocks": {"type": "integer"}, "plan": _PLAN_SCHEMA,
-                   "models": {"type": "array", "items": {"type": "object", "required": ["name", "revision"]}},
-                   "block_ids": {"type": ["array", "null"], "items": {"type": "string"}}},
+    "properties": {
+        "node_id": {"type": "string"},
+        "capacity_bytes": {"type": "integer"},
+        "used_bytes": {"type": "integer"},
+        "pinned_bytes": {"type": "integer"},
+        "cached_bytes": {"type": "integer"},
+        "blocks": {"type": "integer"},
+        "plan": _PLAN_SCHEMA,
+        "models": {"type": "array", "items": {"type": "object", "required": ["name", "revision"]}},
+        "block_ids": {"type": ["array", "null"], "items": {"type": "string"}},
+    },
 }
 
 
 def add_node_routes(app: web.Application, doc: ApiDoc) -> None:
     """Register /v1/node/* on `app`."""
     r = app.router
-    doc.route(r, "GET", "/v1/node/state", node_state, summary="Capacity, bytes used, pinned vs cached, per-model completeness",
-              query={"blocks": {"type": "string", "enum": ["0", "1"]}}, schema=_STATE_SCHEMA)
-    doc.route(r, "GET", "/v1/node/demand", node_demand, summary="Decayed request counts per model revision and cell",
-              schema={"type": "object", "required": ["node_id", "demand"]})
-    doc.route(r, "PUT", "/v1/node/plan", put_plan, operator=True,
-              summary="Apply a placement plan: the blocks this node must hold",
-              body={"application/json": {"schema": {"type": "object", "required": ["blocks"], "properties": {
-                  "plan_id": {"type": "string"}, "blocks": {"type": "array"}}}}},
-              responses={202: "accepted: the plan's blocks are pinned and missing ones are being fetched"},
-              schema=_PLAN_SCHEMA)
-    doc.route(r, "GET", "/v1/node/plan", get_plan, summary="The plan being applied and its progress",
-              schema=_PLAN_SCHEMA)
+    doc.route(
+        r,
+        "GET",
+        "/v1/node/state",
+        node_state,
+        summary="Capacity, bytes used, pinned vs cached, per-model completeness",
+        query={"blocks": {"type": "string", "enum": ["0", "1"]}},
+        schema=_STATE_SCHEMA,
+    )
+    doc.route(
+        r,
+        "GET",
+        "/v1/node/demand",
+        node_demand,
+        summary="Decayed request counts per model revision and cell",
+        schema={"type": "object", "required": ["node_id", "demand"]},
+    )
+    doc.route(
+        r,
+        "PUT",
+        "/v1/node/plan",
+        put_plan,
+        operator=True,
+        summary="Apply a placement plan: the blocks this node must hold",
+        body={
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["blocks"],
+                    "properties": {"plan_id": {"type": "string"}, "blocks": {"type": "array"}},
+                }
+            }
+        },
+        responses={202: "accepted: the plan's blocks are pinned and missing ones are being fetched"},
+        schema=_PLAN_SCHEMA,
+    )
+    doc.route(
+        r, "GET", "/v1/node/plan", get_plan, summary="The plan being applied and its progress", schema=_PLAN_SCHEMA
+    )
 
 
 async def node_state(request: web.Request) -> web.Response:
@@ -59,8 +100,16 @@ async def node_state(request: web.Request) -> web.Response:
         blocks = m.unique_blocks()
         have = sum(r.size for b, r in blocks.items() if b in held)
         total = sum(r.size for r in blocks.values())
-        models.append({"name": m.name, "revision": m.revision, "bytes": total, "held_bytes": have,
-                       "complete": have == total, "fraction": have / total if total else 1.0})
+        models.append(
+            {
+                "name": m.name,
+                "revision": m.revision,
+                "bytes": total,
+                "held_bytes": have,
+                "complete": have == total,
+                "fraction": have / total if total else 1.0,
+            }
+        )
     pinned = cache.pinned_bytes()
     body: dict[str, Any] = {
         "node_id": settings.node_id,

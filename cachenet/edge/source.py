@@ -37,9 +37,20 @@ class EdgeSource:
         except (aiohttp.ClientError, TimeoutError, OSError):
             log.warning("origin unreachable; listing the models this node knows")
             return [
-                {"name": m.name, "source": "cached", "upstream": None, "tags": {"main": m.revision},
-                 "revisions": [{"commit": m.revision, "total_size": m.total_size,
-                                "base_commit": m.base.revision if m.base else None, "created_at": 0}]}
+                {
+                    "name": m.name,
+                    "source": "cached",
+                    "upstream": None,
+                    "tags": {"main": m.revision},
+                    "revisions": [
+                        {
+                            "commit": m.revision,
+                            "total_size": m.total_size,
+                            "base_commit": m.base.revision if m.base else None,
+                            "created_at": 0,
+                        }
+                    ],
+                }
                 for m in self.manifests.latest().values()
             ]
 

@@ -85,15 +85,21 @@ class DeliveryPlan:
         return {
             "objective": OBJECTIVE,
             "method": self.method,
-            "groups": [{"members": list(g.members), "blocks": len(g.blocks), "bytes": g.bytes, "rate": g.rate}
-                       for g in self.groups],
+            "groups": [
+                {"members": list(g.members), "blocks": len(g.blocks), "bytes": g.bytes, "rate": g.rate}
+                for g in self.groups
+            ],
             "left_out": list(self.left_out),
-            "estimate": {"mean_completion_s": round(self.mean_completion_s, 4),
-                         "last_completion_s": round(self.last_completion_s, 4),
-                         "egress_bytes": self.egress_bytes},
-            "unicast_only": {"mean_completion_s": round(_mean(self.unicast_only_completion_s.values()), 4),
-                             "last_completion_s": round(max(self.unicast_only_completion_s.values(), default=0.0), 4),
-                             "egress_bytes": self.unicast_only_bytes},
+            "estimate": {
+                "mean_completion_s": round(self.mean_completion_s, 4),
+                "last_completion_s": round(self.last_completion_s, 4),
+                "egress_bytes": self.egress_bytes,
+            },
+            "unicast_only": {
+                "mean_completion_s": round(_mean(self.unicast_only_completion_s.values()), 4),
+                "last_completion_s": round(max(self.unicast_only_completion_s.values(), default=0.0), 4),
+                "egress_bytes": self.unicast_only_bytes,
+            },
             "ideal_bytes": self.ideal_bytes,
         }
 
@@ -157,8 +163,9 @@ def plan_delivery(
 
 
 class _Planner:
-    def __init__(self, units: list[list[MemberDemand]], sizes: Mapping[str, int], *, egress_rate: float,
-                 cap: float) -> None:
+    def __init__(
+        self, units: list[list[MemberDemand]], sizes: Mapping[str, int], *, egress_rate: float, cap: float
+    ) -> None:
         self.units, self.sizes, self.egress_rate, self.cap = units, sizes, egress_rate, cap
         self.rate = {d.member: d.rate or math.inf for u in units for d in u}
         self.wanted = {d.member: tuple(dict.fromkeys(d.blocks)) for u in units for d in u}
@@ -205,8 +212,10 @@ class _Planner:
         return result
 
     def completion(self, classes: Sequence[_Class]) -> dict[str, float]:
-        flows = sorted([c.group.bytes for c in classes if c.group is not None]
-                       + [sum(self.sizes[b] for b in blocks) for c in classes for blocks in c.unicast.values()])
+        flows = sorted(
+            [c.group.bytes for c in classes if c.group is not None]
+            + [sum(self.sizes[b] for b in blocks) for c in classes for blocks in c.unicast.values()]
+        )
         prefix = [0, *itertools.accumulate(flows)]
 
         def ends(size: int) -> float:
@@ -224,8 +233,7 @@ class _Planner:
                 own = sum(self.sizes[b] for b in blocks)
                 # A group member's link carries the whole group stream, wanted or not, besides its own.
                 carried = own + (c.group.bytes if c.group is not None and m in members else 0)
-                out[m] = max(group_end if m in members else 0.0, ends(own) if own else 0.0,
-                             carried / self.rate[m])
+                out[m] = max(group_end if m in members else 0.0, ends(own) if own else 0.0, carried / self.rate[m])
         return out
 
 

@@ -70,8 +70,9 @@ def open_receiver(group: str, port: int, *, interface: str | None, timeout_s: fl
         # Bound to the group address, the socket sees that group's datagrams and no others.
         sock.bind((group, port))
         local = socket.inet_aton(interface or "0.0.0.0")
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
-                        struct.pack("4s4s", socket.inet_aton(group), local))
+        sock.setsockopt(
+            socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, struct.pack("4s4s", socket.inet_aton(group), local)
+        )
         sock.settimeout(timeout_s)
     except OSError:
         sock.close()

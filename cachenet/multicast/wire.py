@@ -62,15 +62,17 @@ class Datagram:
 
 def encode_piece(session: bytes, block_id: bytes, seq: int, offset: int, payload: bytes | memoryview) -> bytes:
     """A PIECE datagram carrying `payload` = block bytes from `offset`."""
-    header = _HEADER.pack(MAGIC, PIECE, 0, 0, session, block_id, seq, offset, len(payload),
-                          xxhash.xxh3_64_intdigest(payload))
+    header = _HEADER.pack(
+        MAGIC, PIECE, 0, 0, session, block_id, seq, offset, len(payload), xxhash.xxh3_64_intdigest(payload)
+    )
     return header + payload
 
 
 def encode_end(session: bytes, blocks: int, *, repair_round: int, final: bool) -> bytes:
     """The END datagram opening `repair_round` of a session of `blocks` blocks; `final` when nothing more follows."""
-    return _HEADER.pack(MAGIC, END, FINAL if final else 0, 0, session, bytes(16), blocks, repair_round, 0,
-                        xxhash.xxh3_64_intdigest(b""))
+    return _HEADER.pack(
+        MAGIC, END, FINAL if final else 0, 0, session, bytes(16), blocks, repair_round, 0, xxhash.xxh3_64_intdigest(b"")
+    )
 
 
 def decode(buf: memoryview) -> Datagram:

@@ -25,9 +25,7 @@ class GainTable:
         self._entry_row = np.repeat(np.arange(len(problem.request_model)), self._counts)
         flat = problem.eligible_indices * n_models + problem.request_model[self._entry_row]
         weights = problem.request_weight[self._entry_row]
-        self.gain = np.bincount(flat, weights=weights, minlength=n_servers * n_models).reshape(
-            n_servers, n_models
-        )
+        self.gain = np.bincount(flat, weights=weights, minlength=n_servers * n_models).reshape(n_servers, n_models)
         self.covered = np.zeros(len(problem.request_model), dtype=bool)
         self.covered_weight = 0.0
 

@@ -18,6 +18,4 @@ def independent(problem: PlacementProblem, *, method: Method = "gain") -> Placem
     """
     start = time.perf_counter()
     chosen, info = greedy_placement(problem, method=method, charge="full")
-    return make_placement(
-        problem, chosen, solver="independent", runtime_s=time.perf_counter() - start, info=info
-    )
+    return make_placement(problem, chosen, solver="independent", runtime_s=time.perf_counter() - start, info=info)

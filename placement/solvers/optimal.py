@@ -53,9 +53,7 @@ def optimal(
     options: dict[str, Any] = {"disp": False, "mip_rel_gap": mip_rel_gap}
     if time_limit_s is not None:
         options["time_limit"] = float(time_limit_s)
-    res = milp(
-        c, constraints=constraints, integrality=integrality, bounds=Bounds(0, 1), options=options
-    )
+    res = milp(c, constraints=constraints, integrality=integrality, bounds=Bounds(0, 1), options=options)
     n_servers, n_models = len(problem.servers), len(problem.models)
     bound = -float(res.mip_dual_bound) if getattr(res, "mip_dual_bound", None) is not None else None
     info: dict[str, Any] = {"status": res.message, "milp_status": int(res.status)}
@@ -78,9 +76,7 @@ def optimal(
         info["bound"] = max(bound, placement.hit_ratio)
         info["gap"] = max(0.0, info["bound"] - placement.hit_ratio) / max(info["bound"], 1e-12)
     info["optimal"] = bool(res.status == 0)
-    return make_placement(
-        problem, chosen, solver="optimal", runtime_s=time.perf_counter() - start, info=info
-    )
+    return make_placement(problem, chosen, solver="optimal", runtime_s=time.perf_counter() - start, info=info)
 
 
 def lp_relaxation_bound(problem: PlacementProblem, *, time_limit_s: float | None = None) -> float:

@@ -41,9 +41,7 @@ def trimcaching_gen(problem: PlacementProblem, *, method: Method = "gain") -> Pl
     start = time.perf_counter()
     chosen, info = greedy_placement(problem, method=method, charge="shared")
     name = "trimcaching-gen" if method == "gain" else "trimcaching-gen-density"
-    return make_placement(
-        problem, chosen, solver=name, runtime_s=time.perf_counter() - start, info=info
-    )
+    return make_placement(problem, chosen, solver=name, runtime_s=time.perf_counter() - start, info=info)
 
 
 def greedy_placement(
@@ -73,9 +71,7 @@ def greedy_placement(
     return chosen, info
 
 
-def _greedy(
-    problem: PlacementProblem, *, method: Method, full: bool
-) -> tuple[list[set[int]], float, int]:
+def _greedy(problem: PlacementProblem, *, method: Method, full: bool) -> tuple[list[set[int]], float, int]:
     n_servers, n_models = len(problem.servers), len(problem.models)
     table = GainTable(problem)
     tiny = _TINY_REL * max(problem.total_weight, 1e-300)

@@ -80,9 +80,7 @@ def trimcaching_spec(
             candidates = np.flatnonzero(useful & ((need & ~mask) == 0) & (specific <= left))
             if len(candidates) == 0:
                 continue
-            picked, value = knapsack_fptas(
-                gains[candidates], specific[candidates], left, epsilon=epsilon
-            )
+            picked, value = knapsack_fptas(gains[candidates], specific[candidates], left, epsilon=epsilon)
             if value > best_value + tiny:
                 best_value, best_models = value, candidates[picked]
         for i in best_models.tolist():

@@ -72,9 +72,7 @@ class ServerProcess:
 
 
 @asynccontextmanager
-async def server_process(
-    args: list[str], log_path: Path, *, port: int
-) -> AsyncIterator[ServerProcess]:
+async def server_process(args: list[str], log_path: Path, *, port: int) -> AsyncIterator[ServerProcess]:
     """Start a cachenet server subprocess; wait (without blocking the loop) until it is healthy."""
     url = f"http://127.0.0.1:{port}"
     with open(log_path, "wb") as log:

@@ -40,9 +40,7 @@ def test_merged_weight_matches_torch_in_the_base_dtype(dtype: str) -> None:
     w32 = rng.standard_normal((16, 12), dtype=np.float32)
     a = rng.standard_normal((4, 12), dtype=np.float32) * 0.1
     b = rng.standard_normal((16, 4), dtype=np.float32) * 0.1
-    tw = torch.from_numpy(w32).to(
-        {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[dtype]
-    )
+    tw = torch.from_numpy(w32).to({"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[dtype])
     expected = _torch_merge(tw, a, b, 2.0)
     info = TensorInfo("w", dtype, (16, 12), 0, 16 * 12 * (4 if dtype == "F32" else 2))
     if dtype == "BF16":
@@ -111,10 +109,7 @@ def test_plan_merge_pairs_a_and_b_and_replaces_saved_modules() -> None:
     ops = plan_merge(adapter, [base], LoraSpec(r=2, lora_alpha=4.0))
     by_target = {op.target.name: op for op in ops}
     assert set(by_target) == {"encoder.q.weight", "classifier.weight"}
-    assert (
-        by_target["encoder.q.weight"].scale == 2.0
-        and by_target["classifier.weight"].replacement is not None
-    )
+    assert by_target["encoder.q.weight"].scale == 2.0 and by_target["classifier.weight"].replacement is not None
 
 
 @pytest.mark.parametrize(
@@ -137,14 +132,10 @@ def test_plan_merge_pairs_a_and_b_and_replaces_saved_modules() -> None:
         ),
     ],
 )
-def test_plan_merge_refuses_adapters_that_do_not_fit(
-    adapter: dict[str, tuple[str, tuple[int, ...]]], why: str
-) -> None:
+def test_plan_merge_refuses_adapters_that_do_not_fit(adapter: dict[str, tuple[str, tuple[int, ...]]], why: str) -> None:
     base = _info("model.safetensors", {"encoder.q.weight": ("F32", (8, 6))})
     with pytest.raises(BadInput, match=why):
-        plan_merge(
-            _info("adapter_model.safetensors", adapter), [base], LoraSpec(r=2, lora_alpha=2.0)
-        )
+        plan_merge(_info("adapter_model.safetensors", adapter), [base], LoraSpec(r=2, lora_alpha=2.0))
     with pytest.raises(BadInput, match="DoRA"):
         plan_merge(_info("a", {}), [base], LoraSpec(r=2, lora_alpha=2.0, use_dora=True))
 

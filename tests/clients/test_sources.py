@@ -28,9 +28,7 @@ class ManualClock:
 
 async def test_blocks_go_to_the_source_that_would_finish_them_first() -> None:
     clock = ManualClock()
-    pool = SourcePool(
-        ["http://a", "http://b"], settings=PullSettings(per_source_connections=16), clock=clock
-    )
+    pool = SourcePool(["http://a", "http://b"], settings=PullSettings(per_source_connections=16), clock=clock)
     fast, slow = pool.sources
     fast.note_bytes(0, 0.0)
     slow.note_bytes(0, 0.0)
@@ -99,9 +97,7 @@ async def test_manifest_comes_from_the_first_source_that_answers(
     app.router.add_get("/v1/models/{org}/{name}/revisions/{rev}", impostor)
     liar = await aiohttp_server(app)
     dead = f"http://127.0.0.1:{free_port()}"
-    pool = SourcePool(
-        [dead, url_of(liar), url_of(origin_server)], settings=PullSettings(connect_timeout_s=1)
-    )
+    pool = SourcePool([dead, url_of(liar), url_of(origin_server)], settings=PullSettings(connect_timeout_s=1))
     try:
         manifest = await pool.manifest("org/m", report.revision)
         assert manifest.revision == report.revision

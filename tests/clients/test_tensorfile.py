@@ -25,9 +25,9 @@ def test_header_of_the_real_model_matches_safetensors() -> None:
         for t in info.tensors:
             value = f.get_tensor(t.name)
             assert t.shape == value.shape
-            assert np.frombuffer(data[t.start : t.end], dtype=numpy_dtype(t.dtype)).reshape(
-                t.shape
-            ).tobytes() == (value.tobytes())
+            assert np.frombuffer(data[t.start : t.end], dtype=numpy_dtype(t.dtype)).reshape(t.shape).tobytes() == (
+                value.tobytes()
+            )
 
 
 @pytest.mark.parametrize("case", REFUSED)

@@ -34,9 +34,7 @@ def read_env_file(path: Path) -> dict[str, str]:
     return env
 
 
-def serve_settings(
-    monkeypatch: pytest.MonkeyPatch, argv: Sequence[str], env: Mapping[str, str]
-) -> ServerSettings:
+def serve_settings(monkeypatch: pytest.MonkeyPatch, argv: Sequence[str], env: Mapping[str, str]) -> ServerSettings:
     """Parse `argv` with the real CLI under `env` and return the settings it would serve with.
 
     The servers' `create_app` and `run_app` are replaced, so nothing listens or touches disk;

@@ -42,9 +42,7 @@ def test_deploy_file_loads(path: Path) -> None:
     elif path.suffix == ".json":
         json.loads(path.read_text())
     elif path.suffix != ".md":
-        pytest.fail(
-            f"no loader for {path.relative_to(DEPLOY_DIR)}: teach tests/deploy/test_files.py it"
-        )
+        pytest.fail(f"no loader for {path.relative_to(DEPLOY_DIR)}: teach tests/deploy/test_files.py it")
 
 
 def _check_k8s(path: Path) -> None:

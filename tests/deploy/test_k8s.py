@@ -47,16 +47,12 @@ def _documents() -> list[tuple[str, Doc]]:
     for path in sorted(K8S_DIR.glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
             if doc:
-                out.append(
-                    (f"{path.name}:{doc['kind']}/{doc.get('metadata', {}).get('name', '')}", doc)
-                )
+                out.append((f"{path.name}:{doc['kind']}/{doc.get('metadata', {}).get('name', '')}", doc))
     return out
 
 
 DOCUMENTS: Final = _documents()
-RESOURCES: Final = [
-    (key, doc) for key, doc in DOCUMENTS if not doc["apiVersion"].startswith("kustomize.")
-]
+RESOURCES: Final = [(key, doc) for key, doc in DOCUMENTS if not doc["apiVersion"].startswith("kustomize.")]
 
 
 def _all(kind: str) -> list[Doc]:
@@ -95,9 +91,7 @@ def test_kustomization_applies_every_manifest_but_the_secret_examples() -> None:
 
 
 @pytest.mark.parametrize("role", sorted(ROLE_SETTINGS))
-def test_container_runs_a_serve_command_the_cli_accepts(
-    role: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_container_runs_a_serve_command_the_cli_accepts(role: str, monkeypatch: pytest.MonkeyPatch) -> None:
     workload, container = _container(role)
     env = _container_env(workload, container)
     argv = [_expand(a, env) for a in container["command"] + container["args"]]
@@ -128,9 +122,7 @@ def test_container_runs_a_serve_command_the_cli_accepts(
 def test_edge_pods_are_the_topology_servers_the_controller_reaches() -> None:
     edge = _one("StatefulSet", "cachenet-edge")
     pods = [f"cachenet-edge-{i}" for i in range(edge["spec"]["replicas"])]
-    topology = parse_topology(
-        yaml.safe_load(_one("ConfigMap", "cachenet-topology")["data"]["topology.yaml"])
-    )
+    topology = parse_topology(yaml.safe_load(_one("ConfigMap", "cachenet-topology")["data"]["topology.yaml"]))
     assert list(topology.server_ids()) == pods
     _workload, controller = _container("controller")
     args = controller["args"]
@@ -190,19 +182,11 @@ def test_pods_are_probed_scraped_and_locked_down(role: str) -> None:
 def test_services_select_pods_and_name_their_ports() -> None:
     for service in _all("Service"):
         selector = service["spec"]["selector"]
-        matches = [
-            w
-            for w in _workloads()
-            if selector.items() <= w["spec"]["template"]["metadata"]["labels"].items()
-        ]
+        matches = [w for w in _workloads() if selector.items() <= w["spec"]["template"]["metadata"]["labels"].items()]
         assert len(matches) == 1, service["metadata"]["name"]
         (workload,) = matches
         assert workload["spec"]["selector"]["matchLabels"].items() <= selector.items()
-        port_names = {
-            p["name"]
-            for c in workload["spec"]["template"]["spec"]["containers"]
-            for p in c["ports"]
-        }
+        port_names = {p["name"] for c in workload["spec"]["template"]["spec"]["containers"] for p in c["ports"]}
         for port in service["spec"]["ports"]:
             assert port["targetPort"] in port_names, service["metadata"]["name"]
 
@@ -221,9 +205,7 @@ def test_referenced_secrets_and_config_maps_exist() -> None:
 
 
 def _container(role: str) -> tuple[Doc, Doc]:
-    (workload,) = (
-        w for w in _workloads() if w["metadata"]["labels"]["app.kubernetes.io/component"] == role
-    )
+    (workload,) = (w for w in _workloads() if w["metadata"]["labels"]["app.kubernetes.io/component"] == role)
     (container,) = workload["spec"]["template"]["spec"]["containers"]
     return workload, container
 
@@ -239,9 +221,7 @@ def _container_env(workload: Doc, container: Doc) -> dict[str, str]:
             value = _secret_value(source["secretKeyRef"]["name"], source["secretKeyRef"]["key"])
         else:
             assert source["fieldRef"]["fieldPath"] == "metadata.name"
-            value = workload["metadata"]["name"] + (
-                "-0" if workload["kind"] == "StatefulSet" else "-pod"
-            )
+            value = workload["metadata"]["name"] + ("-0" if workload["kind"] == "StatefulSet" else "-pod")
         env[entry["name"]] = value
     return env
 

@@ -54,9 +54,7 @@ def test_every_unit_in_the_folder_is_checked() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(UNITS))
-def test_unit_runs_a_serve_command_the_cli_accepts(
-    name: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_unit_runs_a_serve_command_the_cli_accepts(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     role, settings_cls = UNITS[name]
     unit = _unit(name)
     assert set(unit.sections()) == {"Unit", "Service", "Install"}
@@ -67,9 +65,7 @@ def test_unit_runs_a_serve_command_the_cli_accepts(
     env: dict[str, str] = {}
     for path in _environment_files(name):
         example = SYSTEMD_DIR / "env" / Path(path).name
-        assert example.exists(), (
-            f"{name} reads {path}: ship an example as {example.relative_to(DEPLOY_DIR)}"
-        )
+        assert example.exists(), f"{name} reads {path}: ship an example as {example.relative_to(DEPLOY_DIR)}"
         env.update(read_env_file(example))
     settings = serve_settings(monkeypatch, argv[1:], env)
     assert isinstance(settings, settings_cls)
@@ -121,7 +117,4 @@ def test_systemd_accepts_every_directive(tmp_path: Path) -> None:
 
 def _environment_files(name: str) -> list[str]:
     text = (SYSTEMD_DIR / name).read_text()
-    return [
-        _specifiers(p.lstrip("-"))
-        for p in re.findall(r"^EnvironmentFile=(.+)$", text, re.MULTILINE)
-    ]
+    return [_specifiers(p.lstrip("-")) for p in re.findall(r"^EnvironmentFile=(.+)$", text, re.MULTILINE)]

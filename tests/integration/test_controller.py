@@ -38,11 +38,16 @@ async def test_recompute_pushes_plans_and_nodes_hold_exactly_the_planned_blocks(
         folder = make_lora_adapter(tmp_path / f"l{i}", seed=i)
         await publish_path(folder, name=f"org/lora-{i}", target=target, base=REAL_MODEL_NAME, progress=False)
     await target.close()
-    edges = {f"edge-{i}": await edge_factory(origin=origin_server, node_id=f"edge-{i}", capacity_bytes=256_000_000)
-             for i in (1, 2, 3)}
+    edges = {
+        f"edge-{i}": await edge_factory(origin=origin_server, node_id=f"edge-{i}", capacity_bytes=256_000_000)
+        for i in (1, 2, 3)
+    }
     settings = ControllerSettings(
-        topology=TOPOLOGY, origin_url=_url(origin_server), data_dir=tmp_path / "controller",
-        nodes=tuple(f"{k}={_url(v)}" for k, v in edges.items()), token=OPERATOR_TOKEN,
+        topology=TOPOLOGY,
+        origin_url=_url(origin_server),
+        data_dir=tmp_path / "controller",
+        nodes=tuple(f"{k}={_url(v)}" for k, v in edges.items()),
+        token=OPERATOR_TOKEN,
     )
     controller = await aiohttp_server(create_controller_app(settings))
     base = _url(controller)
@@ -50,7 +55,9 @@ async def test_recompute_pushes_plans_and_nodes_hold_exactly_the_planned_blocks(
         async with s.post(f"{base}/v1/placement/recompute", json={"solver": "trimcaching-gen"}) as resp:
             assert resp.status == 401
         headers = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
-        async with s.post(f"{base}/v1/placement/recompute", json={"solver": "trimcaching-gen"}, headers=headers) as resp:
+        async with s.post(
+            f"{base}/v1/placement/recompute", json={"solver": "trimcaching-gen"}, headers=headers
+        ) as resp:
             assert resp.status == 200, await resp.text()
             run = await resp.json()
         assert run["hit_ratio"] > 0 and run["inputs"]["models"] == 6
@@ -74,8 +81,16 @@ async def test_recompute_pushes_plans_and_nodes_hold_exactly_the_planned_blocks(
         assert set(table) == set().union(*(placement["blocks"][k] for k in edges))
 
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cachenet", "placement", "show", "--controller", base, "--json",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "cachenet",
+        "placement",
+        "show",
+        "--controller",
+        base,
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
@@ -84,18 +99,25 @@ async def test_recompute_pushes_plans_and_nodes_hold_exactly_the_planned_blocks(
 
 
 async def test_runs_are_stored_in_the_catalogue_and_listed_after_a_controller_restart(
-    origin_server: TestServer, origin_settings: OriginSettings, edge_factory: Callable[..., Any],
-    aiohttp_server: Callable[..., Any], tmp_path: Path,
+    origin_server: TestServer,
+    origin_settings: OriginSettings,
+    edge_factory: Callable[..., Any],
+    aiohttp_server: Callable[..., Any],
+    tmp_path: Path,
 ) -> None:
     target = HttpTarget(_url(origin_server), OPERATOR_TOKEN)
     await publish_path(real_model_dir(), name=REAL_MODEL_NAME, target=target, progress=False)
     await target.close()
-    edges = {f"edge-{i}": await edge_factory(origin=origin_server, node_id=f"edge-{i}",
-                                             capacity_bytes=256_000_000)
-             for i in (1, 2, 3)}
+    edges = {
+        f"edge-{i}": await edge_factory(origin=origin_server, node_id=f"edge-{i}", capacity_bytes=256_000_000)
+        for i in (1, 2, 3)
+    }
     settings = ControllerSettings(
-        topology=TOPOLOGY, origin_url=_url(origin_server), data_dir=tmp_path / "controller",
-        nodes=tuple(f"{k}={_url(v)}" for k, v in edges.items()), token=OPERATOR_TOKEN,
+        topology=TOPOLOGY,
+        origin_url=_url(origin_server),
+        data_dir=tmp_path / "controller",
+        nodes=tuple(f"{k}={_url(v)}" for k, v in edges.items()),
+        token=OPERATOR_TOKEN,
     )
     headers = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
     first = await aiohttp_server(create_controller_app(settings))
@@ -118,8 +140,9 @@ async def test_runs_are_stored_in_the_catalogue_and_listed_after_a_controller_re
         assert [r["id"] for r in listed] == [stored[0].id] and listed[0]["summary"]["run_id"] == 1
         async with s.post(f"{_url(origin_server)}/v1/placement-runs", json=run) as resp:
             assert resp.status == 401
-        async with s.post(f"{_url(origin_server)}/v1/placement-runs", json={"solver": "x", "hit_ratio": 2},
-                          headers=headers) as resp:
+        async with s.post(
+            f"{_url(origin_server)}/v1/placement-runs", json={"solver": "x", "hit_ratio": 2}, headers=headers
+        ) as resp:
             assert resp.status == 422
         async with s.get(f"{_url(origin_server)}/v1/placement-runs", params={"limit": "0"}) as resp:
             assert resp.status == 422
@@ -144,8 +167,15 @@ async def test_runs_are_stored_in_the_catalogue_and_listed_after_a_controller_re
         async with s.post(f"{_url(second)}/v1/placement/recompute", headers=headers) as resp:
             assert resp.status == 503 and (await resp.json())["error"] == "UpstreamUnavailable"
         controller = second.app[controller_key]
-        orphan = RunSummary(run_id=3, solver="independent", created_at=2e9, hit_ratio=0.5, runtime_s=0.1,
-                            inputs={"models": 1}, nodes={"edge-1": {"bytes_to_fetch": 7, "pushed": False}})
+        orphan = RunSummary(
+            run_id=3,
+            solver="independent",
+            created_at=2e9,
+            hit_ratio=0.5,
+            runtime_s=0.1,
+            inputs={"models": 1},
+            nodes={"edge-1": {"bytes_to_fetch": 7, "pushed": False}},
+        )
         assert await controller.save_run(orphan) is False
         assert (settings.data_dir / UNSAVED_RUNS_FILE).exists()
         await second.close()
@@ -153,9 +183,17 @@ async def test_runs_are_stored_in_the_catalogue_and_listed_after_a_controller_re
         # The origin comes back (same catalogue, new port); a new controller lists the spooled run and
         # stores it before its own next run.
         origin = await aiohttp_server(create_origin_app(origin_settings))
-        third = await aiohttp_server(create_controller_app(
-            ControllerSettings(topology=TOPOLOGY, origin_url=_url(origin), data_dir=settings.data_dir,
-                               nodes=settings.nodes, token=OPERATOR_TOKEN)))
+        third = await aiohttp_server(
+            create_controller_app(
+                ControllerSettings(
+                    topology=TOPOLOGY,
+                    origin_url=_url(origin),
+                    data_dir=settings.data_dir,
+                    nodes=settings.nodes,
+                    token=OPERATOR_TOKEN,
+                )
+            )
+        )
         async with s.get(f"{_url(third)}/v1/runs") as resp:
             doc = await resp.json()
         assert [(r["run_id"], r["stored"]) for r in doc["runs"]] == [(3, False), (2, True), (1, True)]

@@ -46,17 +46,13 @@ def _require_browser() -> None:
 def _tiny_models(root: Path) -> dict[str, Path]:
     """Two models sharing a small backbone (three tensors) plus one of their own, ~1.3 MB in all."""
     rng = np.random.default_rng(0)
-    backbone = {
-        f"layer.{i}.weight": rng.standard_normal((128, 256), dtype=np.float32) for i in range(3)
-    }
+    backbone = {f"layer.{i}.weight": rng.standard_normal((128, 256), dtype=np.float32) for i in range(3)}
     out = {}
     for name in ("tiny-a", "tiny-b"):
         folder = root / name
         folder.mkdir(parents=True)
         head = {"head.weight": rng.standard_normal((64, 256), dtype=np.float32)}
-        save_file(
-            {**backbone, **head}, str(folder / "model.safetensors"), metadata={"format": "pt"}
-        )
+        save_file({**backbone, **head}, str(folder / "model.safetensors"), metadata={"format": "pt"})
         (folder / "config.json").write_text(json.dumps({"model_type": "tiny", "name": name}))
         out[f"org/{name}"] = folder
     return out
@@ -74,9 +70,7 @@ async def test_dashboard_shows_the_nodes_and_recomputes_from_the_page(
         await publish_path(folder, name=name, target=target, progress=False)
     await target.close()
     edges = {
-        f"edge-{i}": await edge_factory(
-            origin=origin_server, node_id=f"edge-{i}", capacity_bytes=64_000_000
-        )
+        f"edge-{i}": await edge_factory(origin=origin_server, node_id=f"edge-{i}", capacity_bytes=64_000_000)
         for i in (1, 2, 3)
     }
     settings = ControllerSettings(
@@ -92,22 +86,16 @@ async def test_dashboard_shows_the_nodes_and_recomputes_from_the_page(
             ("edge-1", "org/tiny-a"),
             ("edge-2", "org/tiny-b"),
         ):  # misses the page must count
-            async with s.get(
-                f"{_url(edges[edge])}/v1/models/{model}/revisions/main/files/config.json"
-            ) as resp:
+            async with s.get(f"{_url(edges[edge])}/v1/models/{model}/revisions/main/files/config.json") as resp:
                 assert resp.status == 200
         async with s.get(f"{_url(controller)}/dashboard") as resp:
             assert resp.status == 200 and resp.content_type == "text/html"
         async with s.get(f"{_url(controller)}/openapi.json") as resp:
-            assert {"/", "/dashboard", "/v1/cluster", "/v1/simulation"} <= set(
-                (await resp.json())["paths"]
-            )
+            assert {"/", "/dashboard", "/v1/cluster", "/v1/simulation"} <= set((await resp.json())["paths"])
 
     browser = await asyncio.to_thread(_Browser, tmp_path)
     try:
-        page = await asyncio.to_thread(
-            browser.recompute_from_the_page, f"{_url(controller)}/", tmp_path
-        )
+        page = await asyncio.to_thread(browser.recompute_from_the_page, f"{_url(controller)}/", tmp_path)
         assert page["nodes"] == ["edge-1", "edge-2", "edge-3"]
         assert page["misses_edge_1"] >= 1
         assert page["run_text"].startswith("#1")
@@ -119,9 +107,7 @@ async def test_dashboard_shows_the_nodes_and_recomputes_from_the_page(
         assert page["simulation_curves"] == ["independent", "trimcaching-gen"]
 
         await edges["edge-3"].close()
-        banner = await asyncio.to_thread(
-            browser.wait_for_banner, "edge-3", tmp_path / "node-down.png"
-        )
+        banner = await asyncio.to_thread(browser.wait_for_banner, "edge-3", tmp_path / "node-down.png")
         assert "node edge-3 is down" in banner
     finally:
         await asyncio.to_thread(browser.quit)
@@ -149,9 +135,7 @@ class _Browser:
             f"--user-data-dir={tmp_path / 'chromium'}",
         ):
             options.add_argument(arg)
-        self.driver = webdriver.Chrome(
-            options=options, service=Service(executable_path=str(CHROMEDRIVER))
-        )
+        self.driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
 
     def recompute_from_the_page(self, url: str, tmp_path: Path) -> dict[str, Any]:
         """Load the page, read the nodes, recompute with the token, read run #1, screenshot."""
@@ -163,9 +147,7 @@ class _Browser:
         d.get(url)
         # The page redraws every few seconds: read it by script, never through stale elements.
         wait.until(lambda drv: self._text("#node-edge-3"))
-        nodes = d.execute_script(
-            "return [...document.querySelectorAll('.node')].map((e) => e.id.slice(5));"
-        )
+        nodes = d.execute_script("return [...document.querySelectorAll('.node')].map((e) => e.id.slice(5));")
         wait.until(lambda drv: self._text("#node-edge-1 .misses") not in ("", "0"))
         misses = int(self._text("#node-edge-1 .misses"))
 
@@ -176,16 +158,12 @@ class _Browser:
         run_text, hit_ratio = self._text("#run-1"), float(self._text("#run-1 .hit-ratio"))
         wait.until(
             lambda drv: (
-                d.execute_script(
-                    "return document.querySelectorAll('#sim-chart path[data-solver]').length;"
-                )
-                == 2
+                d.execute_script("return document.querySelectorAll('#sim-chart path[data-solver]').length;") == 2
             )
         )
         wait.until(lambda drv: "complete" in self._text("#models"))
         curves = d.execute_script(
-            "return [...document.querySelectorAll('#sim-chart path[data-solver]')]"
-            ".map((p) => p.dataset.solver);"
+            "return [...document.querySelectorAll('#sim-chart path[data-solver]')].map((p) => p.dataset.solver);"
         )
         d.save_screenshot(str(tmp_path / "dashboard.png"))
         return {
@@ -201,9 +179,7 @@ class _Browser:
         from selenium.webdriver.support.ui import WebDriverWait
 
         pattern = re.compile(rf"node {re.escape(node_id)} is down")
-        WebDriverWait(self.driver, WAIT_S).until(
-            lambda drv: pattern.search(self._text("#banner")) is not None
-        )
+        WebDriverWait(self.driver, WAIT_S).until(lambda drv: pattern.search(self._text("#banner")) is not None)
         self.driver.save_screenshot(str(screenshot))
         return self._text("#banner")
 

@@ -29,12 +29,25 @@ def _free(port: int) -> bool:
 def test_up_demo_runs_end_to_end_and_leaves_no_process(tmp_path: Path) -> None:
     data = tmp_path / "cluster"
     proc = subprocess.run(
-        [sys.executable, "-m", "cachenet", "up", "--data", str(data), "--base-port", str(_free_port_block(8)),
-         "--demo", "--exit-after-demo", "--json"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "cachenet",
+            "up",
+            "--data",
+            str(data),
+            "--base-port",
+            str(_free_port_block(8)),
+            "--demo",
+            "--exit-after-demo",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+    summary = json.loads(proc.stdout[proc.stdout.index("{") :])
     assert summary["device_pull_identical"] is True
     assert 0 < summary["hit_ratio"] <= 1 and summary["bytes_moved"] > 80_000_000
     assert summary["bytes_deduplicated"] > 4 * 80_000_000  # four LoRA variants did not copy the base

@@ -116,7 +116,9 @@ async def test_capacity_is_never_exceeded_under_an_overflowing_sequence(
 ) -> None:
     await _publish(origin_server, real_model_dir(), REAL_MODEL_NAME)
     for i in range(6):
-        await _publish(origin_server, make_lora_adapter(tmp_path / f"l{i}", seed=i), f"org/lora-{i}", base=REAL_MODEL_NAME)
+        await _publish(
+            origin_server, make_lora_adapter(tmp_path / f"l{i}", seed=i), f"org/lora-{i}", base=REAL_MODEL_NAME
+        )
     capacity = 30_000_000  # a third of the base model
     edge = await edge_factory(origin=origin_server, capacity_bytes=capacity, policy="lru")
     store = edge.app[cache_key].store
@@ -135,7 +137,9 @@ async def test_sharing_aware_policy_keeps_the_backbone_that_plain_lru_evicts(
 ) -> None:
     await _publish(origin_server, real_model_dir(), REAL_MODEL_NAME)
     for i in range(20):
-        await _publish(origin_server, make_lora_adapter(tmp_path / f"l{i}", seed=i), f"org/lora-{i}", base=REAL_MODEL_NAME)
+        await _publish(
+            origin_server, make_lora_adapter(tmp_path / f"l{i}", seed=i), f"org/lora-{i}", base=REAL_MODEL_NAME
+        )
     base_blocks = origin_server.app[catalogue_key].manifest(REAL_MODEL_NAME).unique_blocks()
     base_bytes = sum(r.size for r in base_blocks.values())
     capacity = base_bytes + 4 * 300_000  # the backbone plus a few adapters
@@ -245,13 +249,17 @@ async def test_bytes_saved_by_sharing_are_reported(
 ) -> None:
     await _publish(origin_server, real_model_dir(), REAL_MODEL_NAME)
     for i in range(2):
-        await _publish(origin_server, make_lora_adapter(tmp_path / f"l{i}", seed=i), f"org/lora-{i}", base=REAL_MODEL_NAME)
+        await _publish(
+            origin_server, make_lora_adapter(tmp_path / f"l{i}", seed=i), f"org/lora-{i}", base=REAL_MODEL_NAME
+        )
     edge = await edge_factory(origin=origin_server, capacity_bytes=1 << 30)
     await _pull(edge, REAL_MODEL_NAME)
     assert metric(edge, "cachenet_edge_sharing_saved_bytes") == 0  # one model: nothing shared yet
     for i in range(2):
         await _pull(edge, f"org/lora-{i}")
-    base_bytes = sum(r.size for r in origin_server.app[catalogue_key].manifest(REAL_MODEL_NAME).unique_blocks().values())
+    base_bytes = sum(
+        r.size for r in origin_server.app[catalogue_key].manifest(REAL_MODEL_NAME).unique_blocks().values()
+    )
     # each LoRA model stored whole would repeat the base; the adapters share their config and header
     saved = metric(edge, "cachenet_edge_sharing_saved_bytes")
     assert 2 * base_bytes <= saved < 2 * base_bytes + 100_000

@@ -39,9 +39,12 @@ def _sha(folder: Path) -> dict[str, str]:
     return {rel: hashlib.sha256(p.read_bytes()).hexdigest() for p, rel in list_folder_files(folder)}
 
 
-async def _start_mirror(aiohttp_server: Callable[..., Any], tmp_path: Path, upstream: TestServer, **kw: Any) -> TestServer:
-    settings = OriginSettings(data_dir=tmp_path / "mirror", token=OPERATOR_TOKEN, fsync=False,
-                              upstream_url=_url(upstream), **kw)
+async def _start_mirror(
+    aiohttp_server: Callable[..., Any], tmp_path: Path, upstream: TestServer, **kw: Any
+) -> TestServer:
+    settings = OriginSettings(
+        data_dir=tmp_path / "mirror", token=OPERATOR_TOKEN, fsync=False, upstream_url=_url(upstream), **kw
+    )
     server: TestServer = await aiohttp_server(create_app(settings))
     return server
 
@@ -60,19 +63,27 @@ async def test_snapshot_download_through_the_mirror_then_no_upstream_request(
 ) -> None:
     adapter = await _publish_upstream(origin_server, tmp_path)
     mirror = await _start_mirror(aiohttp_server, tmp_path, origin_server)
-    folder = await asyncio.to_thread(snapshot_download, REAL_MODEL_NAME, endpoint=_url(mirror), cache_dir=tmp_path / "c1")
+    folder = await asyncio.to_thread(
+        snapshot_download, REAL_MODEL_NAME, endpoint=_url(mirror), cache_dir=tmp_path / "c1"
+    )
     assert _sha(Path(folder)) == _sha(real_model_dir())
     before = await _requests_served(origin_server)
-    again = await asyncio.to_thread(snapshot_download, REAL_MODEL_NAME, endpoint=_url(mirror), cache_dir=tmp_path / "c2")
+    again = await asyncio.to_thread(
+        snapshot_download, REAL_MODEL_NAME, endpoint=_url(mirror), cache_dir=tmp_path / "c2"
+    )
     assert _sha(Path(again)) == _sha(real_model_dir())
     assert await _requests_served(origin_server) - before == 1  # only the /metrics call itself
 
     # a LoRA repository whose base is mirrored costs only the adapter's bytes
     store = mirror.app[store_key]
     used = store.used_bytes
-    lora = await asyncio.to_thread(snapshot_download, "org/minilm-lora", endpoint=_url(mirror), cache_dir=tmp_path / "c3")
+    lora = await asyncio.to_thread(
+        snapshot_download, "org/minilm-lora", endpoint=_url(mirror), cache_dir=tmp_path / "c3"
+    )
     assert _sha(Path(lora)) == _sha(adapter)
-    adapter_bytes = sum(ref.size for c in cut_folder(adapter) for ref in {r.block_id: r for r in c.manifest.blocks}.values())
+    adapter_bytes = sum(
+        ref.size for c in cut_folder(adapter) for ref in {r.block_id: r for r in c.manifest.blocks}.values()
+    )
     assert store.used_bytes - used == adapter_bytes
     listing = mirror.app[catalogue_key].model("org/minilm-lora")
     assert listing.source == "mirrored" and listing.upstream == _url(origin_server)
@@ -93,7 +104,9 @@ async def test_upstream_gone_cached_served_uncached_504_moving_ref_last_known(
     mirror = await _start_mirror(aiohttp_server, tmp_path, origin_server, upstream_revalidate_s=0.0)
     await asyncio.to_thread(snapshot_download, REAL_MODEL_NAME, endpoint=_url(mirror), cache_dir=tmp_path / "c1")
     await origin_server.close()
-    folder = await asyncio.to_thread(snapshot_download, REAL_MODEL_NAME, endpoint=_url(mirror), cache_dir=tmp_path / "c2")
+    folder = await asyncio.to_thread(
+        snapshot_download, REAL_MODEL_NAME, endpoint=_url(mirror), cache_dir=tmp_path / "c2"
+    )
     assert _sha(Path(folder)) == _sha(real_model_dir())
     async with aiohttp.ClientSession() as s:
         async with s.get(f"{_url(mirror)}/{REAL_MODEL_NAME}/resolve/main/config.json") as resp:

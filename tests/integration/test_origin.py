@@ -153,7 +153,9 @@ async def test_manifest_naming_missing_blocks_is_refused(origin_server: TestServ
 
 
 async def test_origin_restarted_on_the_same_data_serves_everything(
-    origin_settings: OriginSettings, aiohttp_server, tmp_path: Path  # type: ignore[no-untyped-def]
+    origin_settings: OriginSettings,
+    aiohttp_server,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     from registry.app import create_app
 
@@ -175,8 +177,9 @@ async def test_origin_restarted_on_the_same_data_serves_everything(
     assert store.check().ok and catalogue.check(store.has).ok
 
 
-@pytest.mark.parametrize("route", ["/v1/models/../etc/revisions/main", "/v1/models/org/m/revisions/..",
-                                   "/org/m/resolve/main/../../secret"])
+@pytest.mark.parametrize(
+    "route", ["/v1/models/../etc/revisions/main", "/v1/models/org/m/revisions/..", "/org/m/resolve/main/../../secret"]
+)
 async def test_traversal_in_names_and_paths_is_refused(origin_server: TestServer, route: str) -> None:
     base = str(origin_server.make_url("")).rstrip("/")
     async with aiohttp.ClientSession() as session, session.get(base + route) as resp:

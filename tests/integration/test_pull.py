@@ -92,15 +92,9 @@ async def test_real_model_is_byte_identical_and_a_second_lora_variant_fetches_on
         progress=False,
     )
     expected = _adapter_only_bytes(origin_server, "org/lora-2", REAL_MODEL_NAME, "org/lora-1")
-    assert (
-        second.fetched_bytes
-        == expected
-        == metric(edge, "cachenet_edge_bytes_served_total") - served
-    )
+    assert second.fetched_bytes == expected == metric(edge, "cachenet_edge_bytes_served_total") - served
     adapter_weights = (adapters[2] / "adapter_model.safetensors").stat().st_size
-    assert (
-        adapter_weights * 0.95 <= second.fetched_bytes <= adapter_weights
-    )  # the header block may be shared
+    assert adapter_weights * 0.95 <= second.fetched_bytes <= adapter_weights  # the header block may be shared
     assert file_hashes(tmp_path / "v2") == {
         **file_hashes(real_model_dir()),
         **file_hashes(adapters[2]),
@@ -230,9 +224,7 @@ async def test_an_interrupted_cli_pull_resumes_without_refetching_stored_blocks(
         str(out),
         "--json",
     ]
-    first = await asyncio.create_subprocess_exec(
-        *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    first = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     blocks = store_dir / "blocks"
     while sum(1 for p in blocks.glob("*/*/*") if not p.name.endswith(".tmp")) < 5:
         assert first.returncode is None, "the pull finished before it could be interrupted"
@@ -246,9 +238,7 @@ async def test_an_interrupted_cli_pull_resumes_without_refetching_stored_blocks(
     assert not out.exists() or not list(out.glob("*.safetensors"))
     served = metric(edge, "cachenet_edge_bytes_served_total")
 
-    second = await asyncio.create_subprocess_exec(
-        *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    second = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stdout, stderr = await second.communicate()
     assert second.returncode == 0, stderr.decode()
     report = json.loads(stdout)
@@ -258,9 +248,7 @@ async def test_an_interrupted_cli_pull_resumes_without_refetching_stored_blocks(
     assert file_hashes(out) == file_hashes(real_model_dir())
 
 
-async def test_cli_reports_an_unknown_model_in_one_line(
-    origin_server: TestServer, tmp_path: Path
-) -> None:
+async def test_cli_reports_an_unknown_model_in_one_line(origin_server: TestServer, tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -21,9 +21,7 @@ R, ALPHA = 8, 16.0
 TARGETS = ("query", "value")
 
 
-def _numpy_reference(
-    base: dict[str, np.ndarray], adapter: dict[str, np.ndarray]
-) -> dict[str, np.ndarray]:
+def _numpy_reference(base: dict[str, np.ndarray], adapter: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """W + (lora_alpha / r) · B · A for every targeted weight, computed here independently."""
     out = dict(base)
     for layer in range(6):
@@ -72,9 +70,7 @@ async def test_merge_lora_writes_base_files_with_merged_weights(
     written, original = file_hashes(out), file_hashes(real_model_dir())
     assert set(written) == set(original)  # the base's files, no adapter files
     assert {k for k in written if written[k] != original[k]} == {"model.safetensors"}
-    assert (out / "model.safetensors").stat().st_size == (
-        real_model_dir() / "model.safetensors"
-    ).stat().st_size
+    assert (out / "model.safetensors").stat().st_size == (real_model_dir() / "model.safetensors").stat().st_size
 
     merged = load_file(str(out / "model.safetensors"))
     base = load_file(str(real_model_dir() / "model.safetensors"))
@@ -93,9 +89,7 @@ async def test_merge_lora_writes_base_files_with_merged_weights(
             np.testing.assert_allclose(merged[key], peft[key], rtol=0, atol=2e-7, err_msg=key)
 
 
-async def test_merge_lora_on_a_model_without_base_is_refused(
-    origin_server: TestServer, tmp_path: Path
-) -> None:
+async def test_merge_lora_on_a_model_without_base_is_refused(origin_server: TestServer, tmp_path: Path) -> None:
     plain = make_lora_adapter(tmp_path / "plain", seed=1)
     (plain / "adapter_config.json").unlink()
     await publish(origin_server, plain, "org/plain")

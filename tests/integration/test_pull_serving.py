@@ -24,9 +24,7 @@ SENTENCES = (
 
 
 def _served(edge: TestServer) -> tuple[float, float]:
-    return metric(edge, "cachenet_edge_bytes_served_total"), metric(
-        edge, "cachenet_edge_block_requests_total"
-    )
+    return metric(edge, "cachenet_edge_bytes_served_total"), metric(edge, "cachenet_edge_block_requests_total")
 
 
 async def test_open_model_fetches_only_the_blocks_of_touched_tensors(
@@ -35,9 +33,7 @@ async def test_open_model_fetches_only_the_blocks_of_touched_tensors(
     await publish(origin_server, real_model_dir(), REAL_MODEL_NAME)
     edge = await edge_factory(origin=origin_server, capacity_bytes=1 << 30)
     original = load_file(str(real_model_dir() / "model.safetensors"))
-    model = await open_model_async(
-        REAL_MODEL_NAME, sources=[url_of(edge)], store=tmp_path / "device", settings=FAST
-    )
+    model = await open_model_async(REAL_MODEL_NAME, sources=[url_of(edge)], store=tmp_path / "device", settings=FAST)
     try:
         header = model.manifest.file("model.safetensors").blocks[0]
         assert _served(edge) == (header.size, 1)  # opening reads the header block only
@@ -55,9 +51,7 @@ async def test_open_model_fetches_only_the_blocks_of_touched_tensors(
         assert _served(edge) == (header.size + model.info(name).size, 2)
 
         # the synchronous mapping API, from a thread (this loop serves the edge node)
-        bias = await asyncio.to_thread(
-            model.__getitem__, "encoder.layer.3.attention.self.query.bias"
-        )
+        bias = await asyncio.to_thread(model.__getitem__, "encoder.layer.3.attention.self.query.bias")
         np.testing.assert_array_equal(bias, original["encoder.layer.3.attention.self.query.bias"])
         with pytest.raises(KeyError):
             await asyncio.to_thread(model.__getitem__, "no.such.tensor")

@@ -193,9 +193,7 @@ def ingested(
 
 
 @pytest.fixture
-def seeded_origin_data(
-    origin_settings: OriginSettings, ingested: tuple[Path, Path, IngestReport]
-) -> Path:
+def seeded_origin_data(origin_settings: OriginSettings, ingested: tuple[Path, Path, IngestReport]) -> Path:
     """The origin's data folder, filled with a copy of the ingested collection."""
     shutil.copytree(ingested[1], origin_settings.data_dir, dirs_exist_ok=True)
     return origin_settings.data_dir

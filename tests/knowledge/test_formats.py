@@ -42,10 +42,7 @@ def test_chunks_have_the_configured_size_and_overlap() -> None:
     assert chunks[0].text.split() == [f"w{i}" for i in range(10)]
     assert chunks[1].text.split()[:3] == chunks[0].text.split()[-3:]
     assert chunks[-1].text.split()[-1] == "w24"
-    assert (
-        split_into_chunks(DocumentInfo("b", "one two"), chunk_size=10, overlap=3)[0].text
-        == "one two"
-    )
+    assert split_into_chunks(DocumentInfo("b", "one two"), chunk_size=10, overlap=3)[0].text == "one two"
     assert split_into_chunks(DocumentInfo("c", "   "), chunk_size=10, overlap=3) == []
     with pytest.raises(BadInput):
         split_into_chunks(doc, chunk_size=5, overlap=5)
@@ -126,9 +123,7 @@ def test_search_over_every_shard_equals_exact_search() -> None:
         chunk_size=10,
         overlap=0,
     )
-    shards = {
-        n: decode_shard(build.blocks[s.block_id][1]) for n, s in enumerate(build.index.shards)
-    }
+    shards = {n: decode_shard(build.blocks[s.block_id][1]) for n, s in enumerate(build.index.shards)}
     for q in _unit(rng, 20, 32):
         exact = np.argsort(-(vectors @ q), kind="stable")[:10]
         probe = route_query(build.index, q, len(shards))

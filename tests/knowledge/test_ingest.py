@@ -65,9 +65,7 @@ async def test_reingesting_a_changed_corpus_stores_only_the_changed_shards(
     assert same.revision == ingested[2].revision and not same.created and same.reused_centroids
 
     edited = "sailing/02-03.md"
-    new_text = corpus_docs[edited].replace(
-        "has worked on sailing", "has raced dinghies and worked on sailing"
-    )
+    new_text = corpus_docs[edited].replace("has worked on sailing", "has raced dinghies and worked on sailing")
     (corpus / edited).write_text(new_text)
     changed = await _ingest(knowledge_origin, corpus, embedder)
     after = await asyncio.to_thread(_shard_ids, knowledge_origin)
@@ -93,16 +91,12 @@ async def test_the_rag_commands_ingest_and_query(
 ) -> None:
     docs = tmp_path / "docs"
     docs.mkdir()
-    (docs / "notes.md").write_text(
-        "# Tides\n\nThe harbour of Kotor floods twice a day when the spring tide turns."
-    )
+    (docs / "notes.md").write_text("# Tides\n\nThe harbour of Kotor floods twice a day when the spring tide turns.")
     (docs / "faq.txt").write_text("Sourdough needs a starter of flour and water fed every morning.")
     (docs / "more.jsonl").write_text(
         json.dumps({"id": "q1", "text": "A seismograph in Oulu recorded the aftershock at dawn."})
         + "\n"
-        + json.dumps(
-            {"id": "q2", "text": "The grandmaster resigned after the bishop endgame went wrong."}
-        )
+        + json.dumps({"id": "q2", "text": "The grandmaster resigned after the bishop endgame went wrong."})
         + "\n"
     )
     argv = [
@@ -154,7 +148,4 @@ async def test_the_rag_commands_ingest_and_query(
     assert await asyncio.to_thread(main, argv) == 0
     out = capsys.readouterr().out
     assert "faq.txt#0" in out.splitlines()[1]
-    assert (
-        await asyncio.to_thread(main, ["rag", "query", "missing", "x", "--source", url_of(edge)])
-        == 2
-    )
+    assert await asyncio.to_thread(main, ["rag", "query", "missing", "x", "--source", url_of(edge)]) == 2

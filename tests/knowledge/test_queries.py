@@ -20,9 +20,7 @@ from tests.knowledge.conftest import COLLECTION, SHARDS, EdgeFactory, passage, u
 
 KNOWN: tuple[str, ...] = tuple(
     f"{t}/{t_i:02d}-{i:02d}.md"
-    for t_i, t in enumerate(
-        ("astronomy", "baking", "sailing", "beekeeping", "volcanology", "chess")
-    )
+    for t_i, t in enumerate(("astronomy", "baking", "sailing", "beekeeping", "volcanology", "chess"))
     for i in (0, 7)
 )
 
@@ -57,9 +55,7 @@ async def test_known_passages_are_rank_one_at_the_origin_and_at_an_edge_node(
         assert [c["collection"] for c in listed] == [COLLECTION] and listed[0]["shards"] == SHARDS
         async with s.post(f"{url_of(edge)}/v1/knowledge/nope/query", json={"text": "x"}) as resp:
             assert resp.status == 404
-        async with s.post(
-            f"{url_of(edge)}/v1/knowledge/{COLLECTION}/query", json={"text": "x", "k": 0}
-        ) as resp:
+        async with s.post(f"{url_of(edge)}/v1/knowledge/{COLLECTION}/query", json={"text": "x", "k": 0}) as resp:
             assert resp.status == 422
 
 
@@ -71,9 +67,7 @@ async def test_an_edge_node_answers_like_the_origin_whether_it_holds_fetches_or_
     edge = await edge_factory(origin=knowledge_origin, capacity_bytes=1 << 30)
     texts = [passage(corpus_docs[rel]) for rel in KNOWN]
     cold = await _ask(edge, texts[0], nprobe=2)
-    assert cold.served == "fetched" and _same(
-        cold, await _ask(knowledge_origin, texts[0], nprobe=2)
-    )
+    assert cold.served == "fetched" and _same(cold, await _ask(knowledge_origin, texts[0], nprobe=2))
     assert metric(edge, "cachenet_edge_knowledge_shard_fetches_total") == 2
 
     warm = await _ask(edge, texts[0], nprobe=2)
@@ -94,14 +88,10 @@ async def test_an_edge_node_answers_like_the_origin_whether_it_holds_fetches_or_
             text = candidate
             break
     forwarded = await _ask(edge, text, nprobe=3, deadline_ms=50)
-    assert forwarded.served == "forwarded" and _same(
-        forwarded, await _ask(knowledge_origin, text, nprobe=3)
-    )
+    assert forwarded.served == "forwarded" and _same(forwarded, await _ask(knowledge_origin, text, nprobe=3))
     assert metric(edge, "cachenet_edge_knowledge_forwards_total", reason="deadline") == 1
     for _ in range(200):
-        if set(forwarded.shards) <= set(
-            knowledge.held_shards((await knowledge.collection(COLLECTION))[1])
-        ):
+        if set(forwarded.shards) <= set(knowledge.held_shards((await knowledge.collection(COLLECTION))[1])):
             break
         await asyncio.sleep(0.01)
     local = await _ask(edge, text, nprobe=3, deadline_ms=50)
@@ -110,9 +100,7 @@ async def test_an_edge_node_answers_like_the_origin_whether_it_holds_fetches_or_
     # Demand is recorded under the collection's catalogue name, for the controller.
     async with aiohttp.ClientSession() as s, s.get(f"{url_of(edge)}/v1/node/demand") as resp:
         demand = (await resp.json())["demand"]
-    assert [row["model"] for row in demand] == [f"knowledge/{COLLECTION}"] and demand[0][
-        "count"
-    ] > 0
+    assert [row["model"] for row in demand] == [f"knowledge/{COLLECTION}"] and demand[0]["count"] > 0
 
 
 async def test_knowledge_shards_and_model_blocks_share_one_capacity(
@@ -158,9 +146,7 @@ async def test_knowledge_shards_and_model_blocks_share_one_capacity(
         for rel in list(corpus_docs)[::9]:
             text = passage(corpus_docs[rel])
             answer = await _ask(edge, text, nprobe=2)
-            assert answer.hits[0].source == rel and _same(
-                answer, await _ask(knowledge_origin, text, nprobe=2)
-            )
+            assert answer.hits[0].source == rel and _same(answer, await _ask(knowledge_origin, text, nprobe=2))
             assert store.used_bytes <= capacity
         async with s.get(f"{url_of(edge)}/org/tiny/resolve/main/config.json") as resp:
             assert resp.status == 200

@@ -149,8 +149,7 @@ async def test_a_late_joiner_gets_the_start_by_repair_and_a_leaver_stalls_nobody
 ) -> None:
     variants = await _publish_variants(origin_server, tmp_path, 4)
     names = list(variants)
-    edge = await _edge(edge_factory, origin_server, multicast_rate=15e6,
-                              multicast_window_s=0.3)
+    edge = await _edge(edge_factory, origin_server, multicast_rate=15e6, multicast_window_s=0.3)
     first = [asyncio.create_task(_pull(edge, n, tmp_path, n.rsplit("/", 1)[-1])) for n in names[:3]]
     session = await _wait_for_cursor(edge, 1)  # the first (largest) block is out
     leaver = first.pop()
@@ -212,8 +211,13 @@ async def test_a_lone_device_is_planned_unicast_and_the_origin_offers_no_multica
     assert metric(edge, "cachenet_edge_egress_bytes_total", kind="unicast") == alone.fetched_bytes
     with pytest.raises(UpstreamUnavailable, match="no source announces multicast"):
         await _pull(origin_server, name, tmp_path, "strict-origin")
-    auto = await pull(name, sources=[url_of(origin_server)], store=BlockStore(tmp_path / "devices" / "auto"),
-                      settings=FAST, progress=False)
+    auto = await pull(
+        name,
+        sources=[url_of(origin_server)],
+        store=BlockStore(tmp_path / "devices" / "auto"),
+        settings=FAST,
+        progress=False,
+    )
     assert auto.fetched_bytes == auto.needed_bytes and auto.multicast.session is None
 
 
@@ -262,10 +266,25 @@ async def test_the_cli_pulls_by_multicast_and_reports_it(
 
     async def cli(i: int, name: str) -> dict[str, Any]:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "cachenet", "pull", name, "--source", url_of(edge), "--store",
-            str(tmp_path / f"cli-store-{i}"), "--out", str(tmp_path / f"cli-out-{i}"), "--multicast", "on",
-            "--link-rate", "400Mbit", "--json", "--no-fsync",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "cachenet",
+            "pull",
+            name,
+            "--source",
+            url_of(edge),
+            "--store",
+            str(tmp_path / f"cli-store-{i}"),
+            "--out",
+            str(tmp_path / f"cli-out-{i}"),
+            "--multicast",
+            "on",
+            "--link-rate",
+            "400Mbit",
+            "--json",
+            "--no-fsync",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         out, err = await proc.communicate()
         assert proc.returncode == 0, err.decode()[-2000:]

@@ -28,8 +28,9 @@ def test_shared_blocks_go_to_one_group_and_each_adapter_by_unicast() -> None:
 
 
 def test_a_block_wanted_by_one_member_only_is_never_multicast() -> None:
-    plan = plan_delivery([MemberDemand("a", ("base0", "lora0")), MemberDemand("b", ("lora1",))], SIZES,
-                         egress_rate=10 * MB)
+    plan = plan_delivery(
+        [MemberDemand("a", ("base0", "lora0")), MemberDemand("b", ("lora1",))], SIZES, egress_rate=10 * MB
+    )
     assert plan.groups == ()
     assert plan.unicast == {"a": ("base0", "lora0"), "b": ("lora1",)}
     assert plan.egress_bytes == plan.unicast_only_bytes

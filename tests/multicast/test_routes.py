@@ -30,7 +30,9 @@ async def _post(url: str, body: object) -> tuple[int, Any]:
 async def test_the_announcement_names_the_group(edge: TestServer) -> None:
     async with aiohttp.ClientSession() as s, s.get(f"{url_of(edge)}/v1/multicast") as resp:
         doc = await resp.json()
-    assert doc["enabled"] is True and doc["group"] == "239.255.77.1" and doc["port"] == 8710  # the HTTP port setting, over UDP
+    assert (
+        doc["enabled"] is True and doc["group"] == "239.255.77.1" and doc["port"] == 8710
+    )  # the HTTP port setting, over UDP
     assert doc["interface"] == "127.0.0.1" and doc["piece_bytes"] == 16384
 
 
@@ -78,12 +80,21 @@ async def test_sessions_and_members_are_validated(edge: TestServer, origin_serve
 
 @pytest.mark.parametrize(
     ("missing", "words"),
-    [([[99, 0, 1]], "not in this session"), ([[0, 0, 10**9]], "outside"), ([[0, 3, 3]], "outside"),
-     ([[0, 0]], "each missing entry"), ([[0, "a", 1]], "each missing entry"), ([[0, -1, 1]], "outside")],
+    [
+        ([[99, 0, 1]], "not in this session"),
+        ([[0, 0, 10**9]], "outside"),
+        ([[0, 3, 3]], "outside"),
+        ([[0, 0]], "each missing entry"),
+        ([[0, "a", 1]], "each missing entry"),
+        ([[0, -1, 1]], "outside"),
+    ],
 )
 async def test_nacks_are_validated_against_the_session(
-    edge: TestServer, origin_server: TestServer, edge_factory: Callable[..., Any], missing: list[list[object]],
-    words: str
+    edge: TestServer,
+    origin_server: TestServer,
+    edge_factory: Callable[..., Any],
+    missing: list[list[object]],
+    words: str,
 ) -> None:
     edge = await edge_factory(origin=origin_server, multicast_window_s=0.3)  # both joins in one batch
     hub = edge.app[hub_key]
@@ -91,17 +102,16 @@ async def test_nacks_are_validated_against_the_session(
     blocks = list(manifest.unique_blocks())[:3]
     first, second = await asyncio.gather(*(hub.join("org/lora", "main", blocks, None) for _ in range(2)))
     session = first["session"]["session"]
-    status, doc = await _post(f"{url_of(edge)}/v1/multicast/sessions/{session}/nack",
-                              {"member": first["member"], "missing": missing})
+    status, doc = await _post(
+        f"{url_of(edge)}/v1/multicast/sessions/{session}/nack", {"member": first["member"], "missing": missing}
+    )
     assert status == 422 and words in doc["message"], doc
     assert not hub.session(session).nacks
     hub.leave(session, first["member"], expected_bytes=0, missed_bytes=0)
     hub.leave(session, second["member"], expected_bytes=0, missed_bytes=0)
 
 
-async def test_a_node_without_multicast_says_so(
-    origin_server: TestServer, edge_factory: Callable[..., Any]
-) -> None:
+async def test_a_node_without_multicast_says_so(origin_server: TestServer, edge_factory: Callable[..., Any]) -> None:
     edge = await edge_factory(origin=origin_server, multicast_group=None)
     async with aiohttp.ClientSession() as s, s.get(f"{url_of(edge)}/v1/multicast") as resp:
         assert await resp.json() == {"enabled": False}

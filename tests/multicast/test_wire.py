@@ -22,7 +22,13 @@ BLOCK = bytes(range(16, 32))
 def test_a_piece_round_trips() -> None:
     d = decode(memoryview(encode_piece(SESSION, BLOCK, 7, 16384, b"payload")))
     assert (d.kind, d.session, d.block_id, d.seq, d.offset, bytes(d.payload)) == (
-        PIECE, SESSION, BLOCK, 7, 16384, b"payload")
+        PIECE,
+        SESSION,
+        BLOCK,
+        7,
+        16384,
+        b"payload",
+    )
 
 
 def test_an_end_round_trips() -> None:

@@ -11,9 +11,7 @@ from cachenet.cli import main
 from placement.scenario import read_scenario
 
 
-def test_generate_then_solve_prints_json(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_generate_then_solve_prints_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "s.yaml"
     argv = ["placement", "generate", "--servers", "3", "--users", "6", "--models", "6",
             "--backbones", "2", "--capacity", "1GB", "--seed", "3", "--out", str(out)]  # fmt: skip
@@ -30,9 +28,7 @@ def test_generate_then_solve_prints_json(
     assert all(used <= 10**9 for used in result["storage_used"].values())
 
 
-def test_solve_errors_exit_2_with_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_solve_errors_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "missing.yaml"
     assert main(["placement", "solve", "--scenario", str(missing), "--solver", "optimal"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -109,9 +109,7 @@ def test_build_problem_eligibility_matches_hand_computed_latency() -> None:
     t_local = 8 * size / rate + 0.5
     t_remote = t_local + size * 8 / 8e3  # one extra second over the backhaul
     models = {"m": {"blk": size}}
-    local_only = build_problem(
-        topology, models, {("u", "m"): 1.0}, latency_requirements=t_local + 0.5
-    )
+    local_only = build_problem(topology, models, {("u", "m"): 1.0}, latency_requirements=t_local + 0.5)
     assert local_only.eligible(0).tolist() == [0]
     both = build_problem(topology, models, {("u", "m"): 1.0}, latency_requirements=t_remote)
     assert both.eligible(0).tolist() == [0, 1]
@@ -123,9 +121,7 @@ def test_build_problem_with_disconnected_backhaul_serves_locally_only() -> None:
     data = _two_server_topology(rate_bps=8e3)
     data["backhaul"] = []
     topology = parse_topology(data)
-    problem = build_problem(
-        topology, {"m": {"blk": 10}}, {("u", "m"): 1.0}, latency_requirements=100.0
-    )
+    problem = build_problem(topology, {"m": {"blk": 10}}, {("u", "m"): 1.0}, latency_requirements=100.0)
     assert problem.eligible(0).tolist() == [0]
 
 

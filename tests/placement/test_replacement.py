@@ -108,9 +108,7 @@ def test_hit_protects_a_block(make: PolicyFactory, clock: ManualClock) -> None:
     assert policy.models_of(bid(1)) == {"m"}
 
 
-def test_eviction_order_without_hits_is_insertion_order(
-    make: PolicyFactory, clock: ManualClock
-) -> None:
+def test_eviction_order_without_hits_is_insertion_order(make: PolicyFactory, clock: ManualClock) -> None:
     policy = make(40)
     for n in range(4):
         policy.insert(bid(n), 10)
@@ -198,9 +196,7 @@ def test_clear_forgets_everything(make: PolicyFactory) -> None:
     assert policy.victims(30) == [bid(2)]
 
 
-def test_state_round_trip_keeps_blocks_pins_and_order(
-    make: PolicyFactory, clock: ManualClock
-) -> None:
+def test_state_round_trip_keeps_blocks_pins_and_order(make: PolicyFactory, clock: ManualClock) -> None:
     policy = make(100)
     for n in range(6):
         policy.insert(bid(n), 10 + n, models=[f"m{n % 2}", "base"])
@@ -239,9 +235,7 @@ def test_registry_names_and_classes() -> None:
         "sharing-lru": SharingLRUPolicy,
         "sharing-lfu": SharingLFUPolicy,
     }
-    assert isinstance(
-        make_policy("sharing-lfu", capacity_bytes=1, half_life_s=5.0), SharingLFUPolicy
-    )
+    assert isinstance(make_policy("sharing-lfu", capacity_bytes=1, half_life_s=5.0), SharingLFUPolicy)
 
 
 def test_make_policy_rejects_unknown_name_and_bad_options() -> None:

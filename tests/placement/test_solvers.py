@@ -146,9 +146,7 @@ def test_empty_and_single_node_cases(solver: str) -> None:
     assert solve(empty, solver=solver).hit_ratio == 0.0
     no_requests = make_problem({"s": 10}, {"a": {"x": 1}}, [])
     assert solve(no_requests, solver=solver).models == {"s": ()}
-    single = make_problem(
-        {"s": 5}, {"a": {"x": 5}, "b": {"y": 6}}, [("a", 0.5, ["s"]), ("b", 0.5, ["s"])]
-    )
+    single = make_problem({"s": 5}, {"a": {"x": 5}, "b": {"y": 6}}, [("a", 0.5, ["s"]), ("b", 0.5, ["s"])])
     assert solve(single, solver=solver).models == {"s": ("a",)}
 
 
@@ -197,9 +195,7 @@ def test_knapsack_fptas_is_within_epsilon_of_the_optimum() -> None:
 
 
 def test_generated_lora_scenario_all_solvers_feasible_and_ordered() -> None:
-    scenario = generate_scenario(
-        servers=4, users=12, models=20, backbones=2, seed=5, adapter_blocks="single"
-    )
+    scenario = generate_scenario(servers=4, users=12, models=20, backbones=2, seed=5, adapter_blocks="single")
     problem = scenario.to_problem(capacity_bytes=900_000_000)
     results = {s: solve(problem, solver=s) for s in SOLVERS}
     for placement in results.values():

@@ -18,14 +18,18 @@ def _snapshot(data: Path) -> tuple[list[str], str]:
     files = sorted(str(p.relative_to(data)) for p in (data / "store").rglob("*") if p.is_file())
     listing = subprocess.run(
         [sys.executable, "-m", "cachenet", "models", "list", "--data", str(data), "--json"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     return files, listing
 
 
 def test_publish_then_list_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = tmp_path / "origin"
-    assert main(["publish", str(real_model_dir()), "--name", REAL_MODEL_NAME, "--data", str(data), "--no-progress"]) == 0
+    assert (
+        main(["publish", str(real_model_dir()), "--name", REAL_MODEL_NAME, "--data", str(data), "--no-progress"]) == 0
+    )
     out = capsys.readouterr().out
     assert "stored 87.4 MiB" in out and "deduplicated 0 B" in out
     adapter = make_lora_adapter(tmp_path / "lora", seed=1)
@@ -38,8 +42,6 @@ def test_publish_then_list_and_show(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["models", "show", "org/lora", "--data", str(data)]) == 0
     shown = capsys.readouterr().out
     assert f"base: {REAL_MODEL_NAME}" in shown and "adapter_model.safetensors" in shown
-
-
 
 
 @pytest.mark.parametrize("case", sorted(MALFORMED_SAFETENSORS))
@@ -58,7 +60,8 @@ def test_malformed_input_exits_nonzero_and_changes_nothing(tmp_path: Path, case:
     write_safetensors(folder / "adapter_model.safetensors", header, body, length=length)
     proc = subprocess.run(
         [sys.executable, "-m", "cachenet", "publish", str(folder), "--name", "org/bad", "--data", str(data)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode != 0
     assert "adapter_model.safetensors" in proc.stderr and "Traceback" not in proc.stderr

@@ -164,10 +164,7 @@ def test_each_test_database_starts_empty(postgres_server: PostgresServer) -> Non
 
 def _tensors(*, seed: int, count: int, prefix: str) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {
-        f"{prefix}.{i}.weight": rng.standard_normal((32, 32), dtype=np.float32)
-        for i in range(count)
-    }
+    return {f"{prefix}.{i}.weight": rng.standard_normal((32, 32), dtype=np.float32) for i in range(count)}
 
 
 def _model_folder(folder: Path, tensors: dict[str, np.ndarray]) -> Path:

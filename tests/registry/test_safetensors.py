@@ -8,8 +8,8 @@ import pytest
 from safetensors.numpy import save_file
 
 from cachenet.errors import SafetensorsInvalid
-from registry.chunking import chunk_buffer, cut_file, plan_segments
 from cachenet.safetensors import parse_header
+from registry.chunking import chunk_buffer, cut_file, plan_segments
 from tests.modelgen import MALFORMED_SAFETENSORS, write_safetensors
 
 
@@ -24,8 +24,6 @@ def test_valid_file_parses(tmp_path: Path) -> None:
     header = parse_header(data, file_size=len(data))
     assert sorted(t.name for t in header.tensors) == ["a", "b"]
     assert header.tensors[-1].end == len(data)
-
-
 
 
 @pytest.mark.parametrize("case", sorted(MALFORMED_SAFETENSORS))

@@ -32,8 +32,13 @@ async def test_nodes_keep_their_last_plan_and_serve_without_the_controller(
     await target.close()
     refs = origin_server.app[catalogue_key].manifest("org/m").unique_blocks()
     controller = _dead_url()
-    kw = {"capacity_bytes": 1 << 30, "node_id": "e", "data_dir": tmp_path / "e", "controller_url": controller,
-          "lookup_refresh_s": 0.05}
+    kw = {
+        "capacity_bytes": 1 << 30,
+        "node_id": "e",
+        "data_dir": tmp_path / "e",
+        "controller_url": controller,
+        "lookup_refresh_s": 0.05,
+    }
     edge = await edge_factory(origin=origin_server, **kw)
     plan = {"plan_id": "p", "blocks": [[r.block_id, r.blake3, r.size] for r in refs.values()]}
     url = str(edge.make_url("")).rstrip("/")

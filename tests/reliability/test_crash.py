@@ -59,9 +59,7 @@ def test_regression_restart_keeps_no_pins_of_an_earlier_plan(tmp_path: Path) -> 
     cache = EdgeCache(settings)
     cache.policy.pin([stale])
     cache.save_state()  # the periodic save, then a crash before the next plan's pins were saved
-    (tmp_path / "plan.json").write_text(
-        json.dumps({"plan_id": "p2", "blocks": [[current, "c" * 64, 10]]})
-    )
+    (tmp_path / "plan.json").write_text(json.dumps({"plan_id": "p2", "blocks": [[current, "c" * 64, 10]]}))
     cache.store.close()
     restarted = EdgeCache(settings)
     assert restarted.policy.pinned == frozenset({current})

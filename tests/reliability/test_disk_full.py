@@ -43,15 +43,18 @@ async def test_disk_full_is_a_clear_error_and_the_node_keeps_serving(
     await target.close()
     # The node believes it has 1 GiB; the disk under it has 24 MB.
     # No cut-through, so the error can still become the response's status.
-    edge = await edge_factory(origin=origin_server, capacity_bytes=1 << 30, data_dir=small_disk / "edge",
-                              cut_through_min_bytes=1 << 30)
+    edge = await edge_factory(
+        origin=origin_server, capacity_bytes=1 << 30, data_dir=small_disk / "edge", cut_through_min_bytes=1 << 30
+    )
     base = str(edge.make_url("")).rstrip("/")
     async with aiohttp.ClientSession() as s:
         async with s.get(f"{base}/{REAL_MODEL_NAME}/resolve/main/config.json") as resp:
             assert resp.status == 200
             config = await resp.read()
-        big = max(origin_server.app[catalogue_key].manifest(REAL_MODEL_NAME).file("model.safetensors").blocks,
-                  key=lambda r: r.size)
+        big = max(
+            origin_server.app[catalogue_key].manifest(REAL_MODEL_NAME).file("model.safetensors").blocks,
+            key=lambda r: r.size,
+        )
         async with s.get(f"{base}/v1/blocks/{big.block_id}") as resp:
             assert resp.status == 507
             assert "disk full" in (await resp.json())["message"]

@@ -108,11 +108,7 @@ async def test_path_traversal_in_names_ids_and_paths_is_refused(
             async with s.get(URL(controller + path, encoded=True)) as resp:
                 body = await resp.read()
                 assert resp.status in (403, 404), (path, resp.status)
-                assert (
-                    b"root:" not in body
-                    and b"create_app" not in body
-                    and SENTINEL.encode() not in body
-                )
+                assert b"root:" not in body and b"create_app" not in body and SENTINEL.encode() not in body
 
 
 @pytest.mark.parametrize(
@@ -175,15 +171,12 @@ async def test_a_chunked_json_body_over_the_cap_is_refused(origin_server: TestSe
         # Over Python's int digit limit: a ValueError that is not a JSONDecodeError, was a 500
         b"1" * 5000,
         # A lone surrogate cannot be encoded as UTF-8 when the revision is computed: was a 500
-        b'{"format": "cachenet.manifest/1", "name": "org/m", "files": [], '
-        b'"metadata": {"x": "\\ud800"}}',
+        b'{"format": "cachenet.manifest/1", "name": "org/m", "files": [], "metadata": {"x": "\\ud800"}}',
         b"7.5",
     ],
     ids=["deep-nesting", "huge-int", "lone-surrogate", "number"],
 )
-async def test_hostile_json_bodies_get_422_not_500(
-    servers: dict[str, TestServer], body: bytes
-) -> None:
+async def test_hostile_json_bodies_get_422_not_500(servers: dict[str, TestServer], body: bytes) -> None:
     routes = [
         ("origin", "POST", "/v1/models/org/m/revisions"),
         ("origin", "POST", "/v1/blocks/missing"),
@@ -209,9 +202,7 @@ async def test_huge_headers_and_request_lines_are_refused_by_the_parser(
     servers: dict[str, TestServer],
 ) -> None:
     for server in servers.values():
-        status, _ = await _raw_request(
-            server, f"GET /v1/models HTTP/1.1\nHost: x\nX-Big: {'a' * 100_000}\n"
-        )
+        status, _ = await _raw_request(server, f"GET /v1/models HTTP/1.1\nHost: x\nX-Big: {'a' * 100_000}\n")
         assert status in (400, 431)
         status, _ = await _raw_request(server, f"GET /v1/{'a' * 100_000} HTTP/1.1\nHost: x\n")
         assert status in (400, 414)

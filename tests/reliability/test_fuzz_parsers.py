@@ -46,15 +46,13 @@ from cachenet.names import (
     validate_revision,
 )
 from cachenet.ranges import parse_range
+from cachenet.safetensors import DTYPE_BITS, SafetensorsHeader, parse_header
 from placement.errors import TopologyInvalid
 from placement.topology import Topology, parse_topology, topology_to_dict
 from registry.chunking import StreamCutter, chunk_buffer, plan_segments
-from cachenet.safetensors import DTYPE_BITS, SafetensorsHeader, parse_header
 
 COUNTS: Final[Counter[str]] = Counter()
-FUZZ = settings(
-    max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
-)
+FUZZ = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 FUZZ_SMALL = settings(FUZZ, max_examples=150)
 DEEP_JSON: Final = b"[" * 100_000 + b"]" * 100_000
 HUGE_INT_JSON: Final = b"1" * 5000
@@ -70,17 +68,11 @@ def _write_counts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 # -- strategies ---------------------------------------------------------------------------
 
 json_leaves = (
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**70), 2**70)
-    | st.floats(allow_nan=False)
-    | st.text(max_size=12)
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=12)
 )
 json_values = st.recursive(
     json_leaves,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
 )
 hex32 = st.text("0123456789abcdef", min_size=32, max_size=32)
@@ -149,9 +141,7 @@ def safetensors_parts(draw: st.DrawFn) -> tuple[dict[str, Any], bytes]:
     order = draw(st.permutations(list(header)))
     header = {k: header[k] for k in order}
     if draw(st.booleans()):
-        header["__metadata__"] = draw(
-            st.dictionaries(st.text(max_size=6), st.text(max_size=6), max_size=3)
-        )
+        header["__metadata__"] = draw(st.dictionaries(st.text(max_size=6), st.text(max_size=6), max_size=3))
     return header, bytes(data)
 
 
@@ -215,19 +205,16 @@ def test_fuzz_safetensors_header_random_bytes(blob: bytes, extra: int) -> None:
 
 @FUZZ
 @given(safetensors_parts(), st.integers(0, 7))
-def test_fuzz_safetensors_header_valid_round_trips(
-    parts: tuple[dict[str, Any], bytes], pad: int
-) -> None:
+def test_fuzz_safetensors_header_valid_round_trips(parts: tuple[dict[str, Any], bytes], pad: int) -> None:
     COUNTS["safetensors.parse_header (valid)"] += 1
     header, data = parts
     blob = _file(header, data, pad=pad)
     h = parse_header(blob, file_size=len(blob), name="ok.safetensors")
     _check_header(h, len(blob))
     described = {k: v for k, v in header.items() if k != "__metadata__"}
-    assert {
-        t.name: (t.dtype, list(t.shape), [t.start - h.data_start, t.end - h.data_start])
-        for t in h.tensors
-    } == {k: (v["dtype"], v["shape"], v["data_offsets"]) for k, v in described.items()}
+    assert {t.name: (t.dtype, list(t.shape), [t.start - h.data_start, t.end - h.data_start]) for t in h.tensors} == {
+        k: (v["dtype"], v["shape"], v["data_offsets"]) for k, v in described.items()
+    }
     assert h.metadata == header.get("__metadata__", {})
 
 
@@ -273,14 +260,10 @@ def test_fuzz_plan_segments(blob: bytes, max_block: int, path: str) -> None:
     st.lists(st.integers(0, 50), max_size=40),
     st.sampled_from(["model.safetensors", "weights/x.safetensors", "config.json"]),
 )
-def test_fuzz_stream_cutter_matches_chunk_buffer(
-    blob: bytes, max_block: int, pieces: list[int], path: str
-) -> None:
+def test_fuzz_stream_cutter_matches_chunk_buffer(blob: bytes, max_block: int, pieces: list[int], path: str) -> None:
     COUNTS["chunking.StreamCutter (random piece sizes)"] += 1
     try:
-        expected: tuple[FileManifest, tuple[int, ...]] | None = chunk_buffer(
-            blob, path=path, max_block_size=max_block
-        )
+        expected: tuple[FileManifest, tuple[int, ...]] | None = chunk_buffer(blob, path=path, max_block_size=max_block)
     except CachenetError:
         expected = None
     cutter = StreamCutter(path=path, size=len(blob), max_block_size=max_block)
@@ -316,15 +299,8 @@ def manifests(draw: st.DrawFn) -> ModelManifest:
     for path in draw(st.lists(file_paths, max_size=3, unique=True)):
         sizes = draw(st.lists(st.integers(1, 2**40), max_size=4))
         refs = tuple(BlockRef(draw(hex32), draw(hex64), n) for n in sizes)
-        files.append(
-            FileManifest(
-                path, sum(sizes), draw(hex64), refs, draw(st.sampled_from(["raw", "safetensors"]))
-            )
-        )
-    base = draw(
-        st.none()
-        | st.builds(BaseRef, model_names, st.text("0123456789abcdef", min_size=40, max_size=40))
-    )
+        files.append(FileManifest(path, sum(sizes), draw(hex64), refs, draw(st.sampled_from(["raw", "safetensors"]))))
+    base = draw(st.none() | st.builds(BaseRef, model_names, st.text("0123456789abcdef", min_size=40, max_size=40)))
     metadata = draw(st.dictionaries(st.text(max_size=8), json_values, max_size=3))
     if draw(st.integers(0, 4)) == 0:
         metadata["upstream_commit"] = draw(st.text("0123456789abcdef", min_size=40, max_size=40))
@@ -458,9 +434,7 @@ def topology_dicts(draw: st.DrawFn) -> dict[str, Any]:
         {"a": a, "b": b, "rate_bps": draw(st.floats(1, 1e12))}
         for a, b in draw(
             st.lists(
-                st.tuples(st.sampled_from(names), st.sampled_from(names)).filter(
-                    lambda p: p[0] != p[1]
-                ),
+                st.tuples(st.sampled_from(names), st.sampled_from(names)).filter(lambda p: p[0] != p[1]),
                 max_size=5,
             )
         )
@@ -590,9 +564,7 @@ hostile_text = (
             "a/\ud800",
         ]
     )
-    | st.lists(st.sampled_from(["a", "..", ".", "", "b.bin", "\n", " ", "\\"]), max_size=5).map(
-        "/".join
-    )
+    | st.lists(st.sampled_from(["a", "..", ".", "", "b.bin", "\n", " ", "\\"]), max_size=5).map("/".join)
 )
 _FORBIDDEN_PATH_CHARS: Final = set('\\:*?"<>|') | {chr(c) for c in range(32)}
 

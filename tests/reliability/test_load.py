@@ -34,16 +34,12 @@ def test_an_edge_node_serves_100_concurrent_devices_without_errors_or_memory_gro
     figures = result.summary()
     assert figures["errors"] == 0, figures["error_examples"]
     assert figures["requests"] >= 200, figures
-    assert all(
-        figures["by_kind"][k] > 0 for k in ("hot_block", "hot_file", "cold_block", "cold_file")
-    ), figures
+    assert all(figures["by_kind"][k] > 0 for k in ("hot_block", "hot_file", "cold_block", "cold_file")), figures
     assert result.edge_block_requests.get("miss", 0) > 0, figures  # misses went to the origin
     assert figures["p99_ms"] < 10_000, figures
     # Memory: bounded, and no growth with the request count between 25 % and 100 % of the run.
     assert figures["peak_rss_mib"] < 512, figures
-    assert figures["rss_growth_25_to_100pct_mib"] < max(32.0, 0.25 * figures["rss_at_25pct_mib"]), (
-        figures
-    )
+    assert figures["rss_growth_25_to_100pct_mib"] < max(32.0, 0.25 * figures["rss_at_25pct_mib"]), figures
 
 
 async def test_regression_a_manifest_bigger_than_one_read_is_not_truncated(

@@ -35,10 +35,17 @@ async def test_operator_routes_refuse_missing_and_wrong_tokens(
     origin_server: TestServer, edge_factory: Callable[..., Any], aiohttp_server: Callable[..., Any], tmp_path: Path
 ) -> None:
     edge = await edge_factory(origin=origin_server, capacity_bytes=1 << 20)
-    controller = await aiohttp_server(create_controller_app(ControllerSettings(
-        topology=TOPOLOGY, origin_url=_url(origin_server), data_dir=tmp_path / "c", token="right-token",
-        nodes=(f"edge-1={_url(edge)}",),
-    )))
+    controller = await aiohttp_server(
+        create_controller_app(
+            ControllerSettings(
+                topology=TOPOLOGY,
+                origin_url=_url(origin_server),
+                data_dir=tmp_path / "c",
+                token="right-token",
+                nodes=(f"edge-1={_url(edge)}",),
+            )
+        )
+    )
     checked = 0
     async with aiohttp.ClientSession() as s:
         for server in (origin_server, edge, controller):

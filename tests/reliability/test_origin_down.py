@@ -34,8 +34,9 @@ async def test_edge_serves_held_models_without_the_origin_and_recovers(
     origin: TestServer = await aiohttp_server(create_app(settings), port=port)
     target = HttpTarget(str(origin.make_url("")).rstrip("/"), OPERATOR_TOKEN)
     await publish_path(real_model_dir(), name=REAL_MODEL_NAME, target=target, progress=False)
-    await publish_path(make_lora_adapter(tmp_path / "l", seed=1), name="org/lora", target=target,
-                       base=REAL_MODEL_NAME, progress=False)
+    await publish_path(
+        make_lora_adapter(tmp_path / "l", seed=1), name="org/lora", target=target, base=REAL_MODEL_NAME, progress=False
+    )
     await target.close()
     edge = await edge_factory(origin=origin, capacity_bytes=1 << 30, manifest_ttl_s=0.0)
     base = str(edge.make_url("")).rstrip("/")

@@ -75,9 +75,7 @@ def _publish_sample(folder: Path) -> Path:
             "b": {"dtype": "U8", "shape": [3], "data_offsets": [8, 11]},
         }
     ).encode()
-    (folder / "model.safetensors").write_bytes(
-        struct.pack("<Q", len(header)) + header + bytes(range(11))
-    )
+    (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(range(11)))
     (folder / "config.json").write_text('{"model_type": "fuzz"}')
     return folder
 
@@ -97,15 +95,9 @@ def _run_server(name: str, base: str, stats: RunStats, known: dict[str, str]) ->
         label = f"{op.method.upper()} {op.path}"
         examples = FEW_EXAMPLES.get(label, MAX_EXAMPLES)
         params = {
-            p["name"]
-            for p in raw["paths"][op.path][op.method.lower()].get("parameters", [])
-            if p["in"] == "path"
+            p["name"] for p in raw["paths"][op.path][op.method.lower()].get("parameters", []) if p["in"] == "path"
         }
-        fixed = (
-            {k: v for k, v in known.items() if k in params}
-            if params <= set(known) and params
-            else None
-        )
+        fixed = {k: v for k, v in known.items() if k in params} if params <= set(known) and params else None
         for token in (OPERATOR_TOKEN, None) if secured else (None,):
             for mode in [*schemathesis.GenerationMode, *(["known"] if fixed else [])]:
                 auth = "token" if token else "no-token"
@@ -123,9 +115,7 @@ def _run_server(name: str, base: str, stats: RunStats, known: dict[str, str]) ->
                     stats.failures.append(f"{key}: {type(e).__name__}: {str(e)[:1500]}")
 
 
-def _run_operation(
-    strategy: Any, base: str, token: str | None, examples: int, key: str, stats: RunStats
-) -> None:
+def _run_operation(strategy: Any, base: str, token: str | None, examples: int, key: str, stats: RunStats) -> None:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     @settings(
@@ -156,9 +146,7 @@ async def test_every_server_conforms_to_its_openapi_document(
 ) -> None:
     target = HttpTarget(_url(origin_server), OPERATOR_TOKEN)
     try:
-        await publish_path(
-            _publish_sample(tmp_path / "model"), name="fuzz/model", target=target, progress=False
-        )
+        await publish_path(_publish_sample(tmp_path / "model"), name="fuzz/model", target=target, progress=False)
     finally:
         await target.close()
     async with (
@@ -193,16 +181,13 @@ async def test_every_server_conforms_to_its_openapi_document(
         "server_errors_5xx": sum(stats.server_errors.values()),
         "operations_runs": len(stats.cases),
         "cases_per_server": {
-            s: sum(n for k, n in stats.cases.items() if k.startswith(s + " "))
-            for s in ("origin", "edge", "controller")
+            s: sum(n for k, n in stats.cases.items() if k.startswith(s + " ")) for s in ("origin", "edge", "controller")
         },
         "statuses": dict(sorted(stats.statuses.items())),
         "negative_runs_without_invalid_inputs": len(stats.unsatisfiable),
         "failures": stats.failures,
     }
-    (tmp_path_factory.getbasetemp() / "schemathesis_counts.json").write_text(
-        json.dumps(summary, indent=1)
-    )
+    (tmp_path_factory.getbasetemp() / "schemathesis_counts.json").write_text(json.dumps(summary, indent=1))
     assert summary["cases"] >= 500, summary
     assert not stats.server_errors, dict(stats.server_errors)
     assert not stats.failures, "\n\n".join(stats.failures)

@@ -24,9 +24,26 @@ def _free_port() -> int:
 def certificate(tmp_path: Path) -> tuple[Path, Path]:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
     )
     return cert, key
 
@@ -61,16 +78,50 @@ def test_origin_and_edge_over_https(
     trust = ssl.create_default_context(cafile=str(cert))
     origin_port, edge_port = _free_port(), _free_port()
     tls = ["--tls-cert", str(cert), "--tls-key", str(key)]
-    processes.append(subprocess.Popen(
-        [sys.executable, "-m", "cachenet", "origin", "serve", "--data", str(tmp_path / "o"),
-         "--port", str(origin_port), *tls], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    processes.append(
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cachenet",
+                "origin",
+                "serve",
+                "--data",
+                str(tmp_path / "o"),
+                "--port",
+                str(origin_port),
+                *tls,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    )
     origin = f"https://127.0.0.1:{origin_port}"
     assert _get_json(f"{origin}/healthz", trust)["role"] == "origin"
     env = {**os.environ, "SSL_CERT_FILE": str(cert)}  # the edge trusts the test certificate
-    processes.append(subprocess.Popen(
-        [sys.executable, "-m", "cachenet", "edge", "serve", "--data", str(tmp_path / "e"), "--origin", origin,
-         "--port", str(edge_port), "--capacity", "10MB", *tls], env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    processes.append(
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cachenet",
+                "edge",
+                "serve",
+                "--data",
+                str(tmp_path / "e"),
+                "--origin",
+                origin,
+                "--port",
+                str(edge_port),
+                "--capacity",
+                "10MB",
+                *tls,
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    )
     edge = f"https://127.0.0.1:{edge_port}"
     assert _get_json(f"{edge}/healthz", trust)["role"] == "edge"
     assert _get_json(f"{edge}/v1/models", trust) == {"models": []}  # relayed from the HTTPS origin
