@@ -181,7 +181,7 @@ def main() -> None:
         f"{len(blocks['4KiB'])} 4 KiB blocks",
         "servers": {
             "nginx": "2 workers, sendfile on, tcp_nopush on, access_log off, alias to hard links",
-            "cachenet": "cachenet edge serve (aiohttp + uvloop, cachenet.filesend zero-copy path)",
+            "cachenet": "cachenet edge serve (aiohttp + uvloop, cachenet.server.filesend zero-copy path)",
         },
         "order": "interleaved per measurement; nginx first in even rounds, cachenet in odd rounds",
         "syscall_check": syscalls,

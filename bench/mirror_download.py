@@ -20,7 +20,7 @@ from huggingface_hub import snapshot_download
 
 from bench.machine import write_result
 from bench.processes import free_port
-from cachenet.cluster.demomodels import REAL_MODEL_NAME, real_model_dir
+from cluster.demomodels import REAL_MODEL_NAME, real_model_dir
 
 __all__ = ("main",)
 

@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.machine import write_result
 from bench.processes import free_port, run_cachenet, start_cachenet, stop_processes, wait_ready
-from cachenet.cluster.demomodels import REAL_MODEL_NAME, make_lora_adapter, real_model_dir
+from cluster.demomodels import REAL_MODEL_NAME, make_lora_adapter, real_model_dir
 
 __all__ = ("main",)
 
@@ -39,7 +39,7 @@ TOKEN: Final = "bench-token"
 DEVICE: Final = """
 import pathlib, sys, time
 from cachenet.cli import main
-import clients.pull, clients.multicast
+import clients.pull, clients.multicast.session
 ready, go = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 ready.touch()
 while not go.exists():

@@ -33,8 +33,8 @@ from bench.machine import write_result
 from cachenet.edge.app import create_app as create_edge_app
 from cachenet.edge.config import EdgeSettings
 from cachenet.edge.keys import cache_key
-from cachenet.edge.knowledge import FetchEstimator, edge_knowledge_key
-from cachenet.knowledge import (
+from cachenet.edge.knowledge.service import FetchEstimator, edge_knowledge_key
+from cachenet.knowledge.formats import (
     decode_index,
     decode_shard,
     index_ref,
@@ -42,11 +42,11 @@ from cachenet.knowledge import (
     route_query,
     search_shards,
 )
-from cachenet.pacer import TokenBucket
+from cachenet.server.pacer import TokenBucket
 from registry.app import create_app as create_origin_app
 from registry.catalogue import Catalogue
 from registry.config import OriginSettings
-from registry.knowledge import ingest_paths
+from registry.knowledge.ingest import ingest_paths
 from registry.publish import LocalTarget
 
 __all__ = ("main",)

@@ -50,8 +50,8 @@ from bench.machine import write_result
 from bench.processes import free_port
 from cachenet.blockid import digest_of
 from cachenet.blockstore import BlockStore
-from cachenet.cluster.demomodels import REAL_MODEL_NAME, make_lora_adapter, real_model_dir
 from cachenet.manifest import ModelManifest
+from cluster.demomodels import REAL_MODEL_NAME, make_lora_adapter, real_model_dir
 from registry.catalogue import Catalogue, sqlite_url
 from registry.chunking import list_folder_files
 from registry.publish import HttpTarget, publish_path

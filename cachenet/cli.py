@@ -20,7 +20,7 @@ COMMAND_MODULES: Final = (
     "placement.cli",
     "clients.cli",
     "clients.ragcli",
-    "cachenet.cluster.cli",
+    "cluster.cli",
 )
 
 

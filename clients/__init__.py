@@ -2,7 +2,7 @@
 
 from clients.config import PullSettings
 from clients.loader import RemoteModel, open_model, open_model_async
-from clients.multicast import MulticastOptions, MulticastStats
+from clients.multicast.session import MulticastOptions, MulticastStats
 from clients.pull import PullReport, pull, pull_sync
 from clients.sources import SourceReport
 

@@ -92,7 +92,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
 
 
 def _pull(args: argparse.Namespace) -> int:
-    from clients.multicast import MulticastOptions
+    from clients.multicast.session import MulticastOptions
     from clients.pull import pull
 
     sources = args.sources or [u for u in os.environ.get(SOURCES_ENV, "").split(",") if u.strip()] or [DEFAULT_SOURCE]

@@ -29,7 +29,7 @@ from clients.config import DEFAULT_SETTINGS, PullSettings
 from clients.fetch import BlockFetcher
 from clients.localstore import open_local_store, read_file_range
 from clients.merge import ADAPTER_FILES, LoraSpec, MergeOp, apply_merge, plan_merge
-from clients.multicast import MulticastOptions, MulticastStats, fetch_with_multicast
+from clients.multicast.session import MulticastOptions, MulticastStats, fetch_with_multicast
 from clients.sources import SourcePool, SourceReport
 from clients.tensorfile import TensorFileInfo, TensorInfo, header_length, parse_tensor_header
 
@@ -156,7 +156,7 @@ async def pull(
     """Pull `NAME[@REV]` from `sources` into the local store; write its files to `out_dir`.
 
     Without `out_dir` the blocks are only fetched (a prefetch). `multicast` is a mode
-    (auto, on, off; see `clients.multicast`) or full options. Raises `ModelNotFound`,
+    (auto, on, off; see `clients.multicast.session`) or full options. Raises `ModelNotFound`,
     `UpstreamUnavailable` (no source could deliver a block intact), `IntegrityError`,
     `BadInput` (bad name, `merge_lora` on a model without a base, an unmergeable
     adapter), `CapacityExceeded`.

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cachenet.knowledge import DEFAULT_K
-from clients.knowledge import DEFAULT_RAG_SOURCE, AnswerInfo, KnowledgeClient
+from cachenet.knowledge.formats import DEFAULT_K
+from clients.knowledge.client import DEFAULT_RAG_SOURCE, AnswerInfo, KnowledgeClient
 
 __all__ = ("register",)
 
@@ -73,7 +73,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
 
 def _ingest(args: argparse.Namespace) -> int:
     from cachenet.units import format_bytes
-    from registry.knowledge import DEFAULT_CHUNK_WORDS, DEFAULT_OVERLAP_WORDS, ingest_paths
+    from registry.knowledge.ingest import DEFAULT_CHUNK_WORDS, DEFAULT_OVERLAP_WORDS, ingest_paths
     from registry.publish import open_target
 
     async def run() -> dict[str, Any]:

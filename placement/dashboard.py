@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cachenet.errors import CachenetError
 from cachenet.httpclient import raise_for_status
-from cachenet.openapi import ApiDoc
+from cachenet.server.openapi import ApiDoc
 from placement.controller import Controller
 from placement.topology import ServerInfo
 

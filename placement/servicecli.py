@@ -11,7 +11,7 @@ import aiohttp
 
 from cachenet.config import load_settings
 from cachenet.httpclient import DEFAULT_TIMEOUT, auth_headers, raise_for_status
-from cachenet.serve import add_tls_arguments, run_app, tls_context
+from cachenet.server.serve import add_tls_arguments, run_app, tls_context
 from cachenet.units import format_bytes
 from placement.config import DEFAULT_CONTROLLER_PORT, ControllerSettings
 
@@ -63,7 +63,7 @@ def add_service_commands(commands: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from placement.service import create_app
+    from placement.app import create_app
 
     keys = ("topology", "origin_url", "data_dir", "token", "interval_s", "solver", "host", "port")
     overrides: dict[str, Any] = {k: getattr(args, k) for k in keys}

@@ -9,17 +9,17 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from cachenet.blockstore import BlockStore
-from cachenet.deviceapi import add_device_routes
-from cachenet.metrics import metrics_handler
-from cachenet.middlewares import error_middleware
-from cachenet.openapi import ApiDoc
+from cachenet.server.deviceapi import add_device_routes
+from cachenet.server.metrics import metrics_handler
+from cachenet.server.middlewares import error_middleware
+from cachenet.server.openapi import ApiDoc
 from registry.catalogue import Catalogue
 from registry.config import OriginSettings
 from registry.keys import catalogue_key, settings_key, store_key
-from registry.knowledgeroutes import add_knowledge_routes
+from registry.knowledge.routes import add_knowledge_routes
 from registry.mirror import STALE_REF, STALE_REF_HEADER, Mirror, MirrorRules, UpstreamHub
-from registry.origin import OriginSource
 from registry.routes import add_operator_routes
+from registry.source import OriginSource
 
 __all__ = ("create_app",)
 

@@ -13,7 +13,7 @@ from cachenet.config import load_settings
 from cachenet.errors import BadInput
 from cachenet.httpclient import DEFAULT_TIMEOUT, raise_for_status
 from cachenet.names import parse_model_ref, validate_model_name
-from cachenet.serve import add_tls_arguments, run_app, tls_context
+from cachenet.server.serve import add_tls_arguments, run_app, tls_context
 from cachenet.units import format_bytes, parse_size
 from registry.config import DEFAULT_ORIGIN_PORT, OriginSettings
 
@@ -185,7 +185,7 @@ async def _fetch_models(args: argparse.Namespace) -> list[dict[str, Any]]:
     from registry.publish import LocalTarget
 
     if args.data:
-        from registry.origin import list_models_json
+        from registry.source import list_models_json
 
         target = LocalTarget(load_settings(OriginSettings, None, os.environ, {"data_dir": args.data}))
         try:

@@ -25,7 +25,6 @@ from urllib.parse import quote
 import aiohttp
 
 from cachenet.blockstore import BlockStore
-from cachenet.deviceapi import StreamingFile
 from cachenet.errors import (
     BadInput,
     CachenetError,
@@ -35,10 +34,11 @@ from cachenet.errors import (
     NotFound,
     UpstreamTimeout,
 )
-from cachenet.flight import Flight
 from cachenet.httpclient import raise_for_status
 from cachenet.manifest import UPSTREAM_COMMIT_KEY, BlockRef, FileManifest, ModelManifest
 from cachenet.names import COMMIT_RE, validate_file_path
+from cachenet.server.deviceapi import StreamingFile
+from cachenet.server.flight import Flight
 from registry.catalogue import Catalogue
 from registry.chunking import DEFAULT_MAX_BLOCK_BYTES, StreamCutter
 from registry.intake import store_blocks

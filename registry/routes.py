@@ -7,13 +7,13 @@ from typing import Any
 from aiohttp import web
 
 from cachenet.blockid import validate_blake3, validate_block_id
-from cachenet.deviceapi import MODEL_NAME_PATTERN
 from cachenet.errors import BadInput, BlockCorrupt, ManifestInvalid
-from cachenet.httpbody import read_body
 from cachenet.manifest import BlockRef, ModelManifest
-from cachenet.middlewares import require_token
 from cachenet.names import validate_model_name, validate_revision
-from cachenet.openapi import ApiDoc
+from cachenet.server.deviceapi import MODEL_NAME_PATTERN
+from cachenet.server.httpbody import read_body
+from cachenet.server.middlewares import require_token
+from cachenet.server.openapi import ApiDoc
 from registry.intake import check_no_collision, missing_blocks
 from registry.keys import catalogue_key, settings_key, store_key
 

@@ -8,7 +8,7 @@ from typing import Final
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from cachenet.cluster.demomodels import REAL_MODEL_NAME, make_lora_adapter, real_model_dir
+from cluster.demomodels import REAL_MODEL_NAME, make_lora_adapter, real_model_dir
 
 __all__ = (
     "MALFORMED_SAFETENSORS",

@@ -5,7 +5,7 @@ import pkgutil
 
 import pytest
 
-PACKAGES = ("cachenet", "registry", "placement", "clients")
+PACKAGES = ("cachenet", "registry", "placement", "clients", "cluster")
 
 
 def _modules() -> list[str]:

@@ -7,22 +7,22 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 from aiohttp import web
 
-from cachenet.deviceapi import REPAIR_HEADER, add_device_routes
 from cachenet.edge.cache import EdgeCache
 from cachenet.edge.config import EdgeSettings
 from cachenet.edge.demand import DemandStats
 from cachenet.edge.keys import cache_key, demand_key, manifests_key, settings_key
-from cachenet.edge.knowledge import add_knowledge_routes
+from cachenet.edge.knowledge.service import add_knowledge_routes
 from cachenet.edge.manifests import ManifestCache
 from cachenet.edge.metrics import EdgeMetrics
-from cachenet.edge.multicast import MulticastHub
-from cachenet.edge.multicast_routes import add_multicast_routes, hub_key
+from cachenet.edge.multicast.hub import MulticastHub
+from cachenet.edge.multicast.routes import add_multicast_routes, hub_key
 from cachenet.edge.routes import add_node_routes
 from cachenet.edge.source import EdgeSource
-from cachenet.metrics import metrics_handler
-from cachenet.middlewares import error_middleware
-from cachenet.openapi import ApiDoc
-from cachenet.pacer import TokenBucket
+from cachenet.server.deviceapi import REPAIR_HEADER, add_device_routes
+from cachenet.server.metrics import metrics_handler
+from cachenet.server.middlewares import error_middleware
+from cachenet.server.openapi import ApiDoc
+from cachenet.server.pacer import TokenBucket
 
 __all__ = ("create_app", "sharing_saved_bytes")
 log = logging.getLogger(__name__)

@@ -24,7 +24,6 @@ import aiohttp
 from cachenet.atomicfile import atomic_write_bytes
 from cachenet.blockid import BlockHasher, validate_blake3, validate_block_id
 from cachenet.blockstore import BlockStore, BlockWriter
-from cachenet.deviceapi import BLAKE3_HEADER, ONLY_IF_CACHED_HEADER, BlockHandle, LocalBlock
 from cachenet.edge.config import EdgeSettings
 from cachenet.edge.metrics import EdgeMetrics
 from cachenet.errors import (
@@ -35,8 +34,9 @@ from cachenet.errors import (
     CapacityExceeded,
     UpstreamUnavailable,
 )
-from cachenet.flight import Flight
 from cachenet.manifest import BlockRef, ModelManifest
+from cachenet.server.deviceapi import BLAKE3_HEADER, ONLY_IF_CACHED_HEADER, BlockHandle, LocalBlock
+from cachenet.server.flight import Flight
 from placement.replacement import ReplacementPolicy, make_policy
 
 __all__ = ("EdgeCache", "PlanStatus")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cachenet.config import load_settings
 from cachenet.edge.config import DEFAULT_EDGE_PORT, POLICY_NAMES, EdgeSettings
-from cachenet.serve import add_tls_arguments, run_app, tls_context
+from cachenet.server.serve import add_tls_arguments, run_app, tls_context
 from cachenet.units import parse_rate, parse_size
 
 __all__ = ("register",)

@@ -8,10 +8,10 @@ from aiohttp import web
 from cachenet.blockid import validate_blake3, validate_block_id
 from cachenet.edge.keys import cache_key, demand_key, manifests_key, settings_key
 from cachenet.errors import BadInput
-from cachenet.httpbody import read_body
 from cachenet.manifest import BlockRef
-from cachenet.middlewares import require_token
-from cachenet.openapi import ApiDoc
+from cachenet.server.httpbody import read_body
+from cachenet.server.middlewares import require_token
+from cachenet.server.openapi import ApiDoc
 
 __all__ = ("add_node_routes", "parse_plan")
 

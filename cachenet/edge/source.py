@@ -5,13 +5,13 @@ from typing import Any
 
 import aiohttp
 
-from cachenet.deviceapi import BlockHandle
 from cachenet.edge.cache import EdgeCache
 from cachenet.edge.demand import DemandStats
 from cachenet.edge.manifests import ManifestCache
-from cachenet.filesend import Pacer
 from cachenet.httpclient import raise_for_status
 from cachenet.manifest import FileManifest, ModelManifest
+from cachenet.server.deviceapi import BlockHandle
+from cachenet.server.filesend import Pacer
 
 __all__ = ("EdgeSource",)
 log = logging.getLogger(__name__)

@@ -41,8 +41,8 @@ def serve_settings(monkeypatch: pytest.MonkeyPatch, argv: Sequence[str], env: Ma
     everything before them (flags, `CACHENET_*` variables, settings validation) is real.
     """
     import cachenet.edge.app
-    import cachenet.serve
-    import placement.service
+    import cachenet.server.serve
+    import placement.app
     import registry.app
 
     built: list[ServerSettings] = []
@@ -51,9 +51,9 @@ def serve_settings(monkeypatch: pytest.MonkeyPatch, argv: Sequence[str], env: Ma
         built.append(settings)
         return settings
 
-    for module in (registry.app, cachenet.edge.app, placement.service):
+    for module in (registry.app, cachenet.edge.app, placement.app):
         monkeypatch.setattr(module, "create_app", fake_create_app)
-    monkeypatch.setattr(cachenet.serve, "run_app", lambda app, **_kw: 0)
+    monkeypatch.setattr(cachenet.server.serve, "run_app", lambda app, **_kw: 0)
     for name in list(os.environ):
         if name.startswith("CACHENET_"):
             monkeypatch.delenv(name)

@@ -11,10 +11,10 @@ import aiohttp
 from aiohttp.test_utils import TestServer
 
 from cachenet.edge.keys import cache_key
+from placement.app import UNSAVED_RUNS_FILE, controller_key
+from placement.app import create_app as create_controller_app
 from placement.config import ControllerSettings
 from placement.controller import RunSummary
-from placement.service import UNSAVED_RUNS_FILE, controller_key
-from placement.service import create_app as create_controller_app
 from registry.app import create_app as create_origin_app
 from registry.config import OriginSettings
 from registry.keys import catalogue_key

@@ -14,8 +14,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 from safetensors.numpy import save_file
 
+from placement.app import create_app as create_controller_app
 from placement.config import ControllerSettings
-from placement.service import create_app as create_controller_app
 from registry.publish import HttpTarget, publish_path
 from tests.conftest import OPERATOR_TOKEN
 

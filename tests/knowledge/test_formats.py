@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cachenet.errors import BadInput, ManifestInvalid
-from cachenet.knowledge import (
+from cachenet.knowledge.formats import (
     ChunkInfo,
     IndexInfo,
     ShardInfo,
@@ -19,7 +19,7 @@ from cachenet.knowledge import (
     route_query,
     search_shards,
 )
-from registry.knowledge import (
+from registry.knowledge.ingest import (
     DocumentInfo,
     assign_shards,
     build_collection,

@@ -9,10 +9,10 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from cachenet.cli import main
-from cachenet.knowledge import Embedder, decode_index, index_ref
-from clients.knowledge import KnowledgeClient
+from cachenet.knowledge.formats import Embedder, decode_index, index_ref
+from clients.knowledge.client import KnowledgeClient
 from registry.keys import catalogue_key, store_key
-from registry.knowledge import IngestReport, ingest_paths
+from registry.knowledge.ingest import IngestReport, ingest_paths
 from registry.publish import HttpTarget
 from tests.conftest import OPERATOR_TOKEN
 from tests.knowledge.conftest import (

@@ -10,10 +10,10 @@ from aiohttp.test_utils import TestServer
 from safetensors.numpy import save_file
 
 from cachenet.edge.keys import cache_key
-from cachenet.edge.knowledge import FetchEstimator, edge_knowledge_key
-from cachenet.knowledge import HitInfo
-from clients.knowledge import AnswerInfo, KnowledgeClient
-from registry.knowledge import IngestReport
+from cachenet.edge.knowledge.service import FetchEstimator, edge_knowledge_key
+from cachenet.knowledge.formats import HitInfo
+from clients.knowledge.client import AnswerInfo, KnowledgeClient
+from registry.knowledge.ingest import IngestReport
 from registry.publish import HttpTarget, publish_path
 from tests.conftest import OPERATOR_TOKEN, metric
 from tests.knowledge.conftest import COLLECTION, SHARDS, EdgeFactory, passage, url_of

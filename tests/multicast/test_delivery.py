@@ -15,12 +15,12 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from cachenet.blockstore import BlockStore
-from cachenet.edge.multicast_routes import hub_key
+from cachenet.edge.multicast.routes import hub_key
 from cachenet.errors import UpstreamUnavailable
 from cachenet.multicast.sockets import open_sender
 from cachenet.multicast.wire import encode_piece
 from clients import PullSettings, pull
-from clients.multicast import MulticastOptions
+from clients.multicast.session import MulticastOptions
 from registry.keys import catalogue_key
 from tests.clients.support import file_hashes, publish, url_of
 from tests.conftest import metric

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from cachenet.edge.multicast_routes import hub_key
+from cachenet.edge.multicast.routes import hub_key
 from registry.keys import catalogue_key
 from tests.clients.support import publish, url_of
 from tests.modelgen import REAL_MODEL_NAME, make_lora_adapter, real_model_dir

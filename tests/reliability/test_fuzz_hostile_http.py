@@ -16,8 +16,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
+from placement.app import create_app as create_controller_app
 from placement.config import ControllerSettings
-from placement.service import create_app as create_controller_app
 from registry.keys import settings_key as origin_settings_key
 from tests.conftest import OPERATOR_TOKEN
 

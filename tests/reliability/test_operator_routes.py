@@ -8,8 +8,8 @@ from typing import Any
 import aiohttp
 from aiohttp.test_utils import TestServer
 
+from placement.app import create_app as create_controller_app
 from placement.config import ControllerSettings
-from placement.service import create_app as create_controller_app
 
 TOPOLOGY = Path(__file__).parents[2] / "deploy" / "topologies" / "demo.yaml"
 SAMPLE = {"block_id": "0" * 32, "name": "org/model", "revision": "main", "path": "x.bin"}

@@ -33,8 +33,8 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
+from placement.app import create_app as create_controller_app
 from placement.config import ControllerSettings
-from placement.service import create_app as create_controller_app
 from registry.publish import HttpTarget, publish_path
 from tests.conftest import OPERATOR_TOKEN
 

@@ -12,11 +12,11 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Final
 
-from cachenet.deviceapi import BlockHandle, LocalBlock
 from cachenet.edge.cache import EdgeCache
 from cachenet.edge.metrics import EdgeMetrics
 from cachenet.manifest import BlockRef
 from cachenet.multicast.wire import encode_end, encode_piece
+from cachenet.server.deviceapi import BlockHandle, LocalBlock
 
 __all__ = ("SessionSender",)
 log = logging.getLogger(__name__)

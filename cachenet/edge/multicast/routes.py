@@ -13,11 +13,11 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from cachenet.edge.multicast import MulticastHub
+from cachenet.edge.multicast.hub import MulticastHub
 from cachenet.errors import BadInput, NotFound
-from cachenet.httpbody import read_body
 from cachenet.names import validate_model_name, validate_revision
-from cachenet.openapi import ApiDoc
+from cachenet.server.httpbody import read_body
+from cachenet.server.openapi import ApiDoc
 
 __all__ = ("add_multicast_routes", "hub_key")
 

@@ -7,10 +7,10 @@ from typing import Any, Final, Self
 
 import aiohttp
 
-from cachenet.deviceapi import CELL_HEADER
 from cachenet.errors import BadInput
 from cachenet.httpclient import DEFAULT_TIMEOUT, raise_for_status
-from cachenet.knowledge import DEFAULT_K, HitInfo, collection_model_name, load_embedder
+from cachenet.knowledge.formats import DEFAULT_K, HitInfo, collection_model_name, load_embedder
+from cachenet.server.deviceapi import CELL_HEADER
 
 __all__ = ("AnswerInfo", "DEFAULT_RAG_SOURCE", "KnowledgeClient", "query_sync")
 

@@ -25,7 +25,6 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import Counter
 
-from cachenet.deviceapi import CELL_HEADER, LocalBlock
 from cachenet.edge.cache import EdgeCache
 from cachenet.edge.demand import DemandStats
 from cachenet.edge.keys import cache_key, demand_key, manifests_key
@@ -38,10 +37,8 @@ from cachenet.errors import (
     NotFound,
     UpstreamUnavailable,
 )
-from cachenet.flight import Flight
-from cachenet.httpbody import read_body
 from cachenet.httpclient import raise_for_status
-from cachenet.knowledge import (
+from cachenet.knowledge.formats import (
     MAX_QUERY_BODY_BYTES,
     IndexInfo,
     QueryInfo,
@@ -61,7 +58,10 @@ from cachenet.knowledge import (
     search_shards,
 )
 from cachenet.manifest import BlockRef, ModelManifest
-from cachenet.openapi import ApiDoc
+from cachenet.server.deviceapi import CELL_HEADER, LocalBlock
+from cachenet.server.flight import Flight
+from cachenet.server.httpbody import read_body
+from cachenet.server.openapi import ApiDoc
 
 __all__ = ("EdgeKnowledge", "FetchEstimator", "add_knowledge_routes", "edge_knowledge_key")
 log = logging.getLogger(__name__)

@@ -29,12 +29,12 @@ from cachenet.edge.cache import EdgeCache
 from cachenet.edge.config import EdgeSettings
 from cachenet.edge.manifests import ManifestCache
 from cachenet.edge.metrics import EdgeMetrics
-from cachenet.edge.multicast_sender import Pacer, SessionSender
+from cachenet.edge.multicast.sender import Pacer, SessionSender
 from cachenet.errors import BadInput, NotFound
 from cachenet.manifest import BlockRef, ModelManifest
 from cachenet.multicast.plan import DeliveryPlan, GroupPlan, MemberDemand, plan_delivery
 from cachenet.multicast.sockets import group_address, open_sender
-from cachenet.pacer import TokenBucket
+from cachenet.server.pacer import TokenBucket
 
 __all__ = ("MulticastHub", "Session")
 log = logging.getLogger(__name__)

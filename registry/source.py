@@ -5,9 +5,9 @@ from typing import Any
 
 from cachenet.blockid import validate_block_id
 from cachenet.blockstore import BlockStore
-from cachenet.deviceapi import LocalBlock
-from cachenet.filesend import Pacer
 from cachenet.manifest import FileManifest, ModelManifest
+from cachenet.server.deviceapi import LocalBlock
+from cachenet.server.filesend import Pacer
 from registry.catalogue import Catalogue
 from registry.mirror import Mirror
 

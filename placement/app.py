@@ -9,10 +9,10 @@ from typing import Any, Final
 from aiohttp import web
 
 from cachenet.errors import BadInput
-from cachenet.httpbody import read_body
-from cachenet.metrics import metrics_handler
-from cachenet.middlewares import error_middleware, require_token
-from cachenet.openapi import ApiDoc
+from cachenet.server.httpbody import read_body
+from cachenet.server.metrics import metrics_handler
+from cachenet.server.middlewares import error_middleware, require_token
+from cachenet.server.openapi import ApiDoc
 from placement.config import ControllerSettings
 from placement.controller import Controller
 from placement.dashboard import Dashboard, add_dashboard_routes, topology_json

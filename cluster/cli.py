@@ -9,8 +9,8 @@ import sys
 import threading
 from pathlib import Path
 
-from cachenet.cluster.launcher import Cluster
 from cachenet.units import format_bytes
+from cluster.launcher import Cluster
 from placement.topology import load_topology
 
 __all__ = ("register",)
@@ -119,7 +119,7 @@ def _up(args: argparse.Namespace) -> int:
         print(f"controller  {controller_url}", flush=True)
         print(f"operator token in {token_file}", flush=True)
         if args.demo:
-            from cachenet.cluster.demo import run_demo
+            from cluster.demo import run_demo
 
             summary = asyncio.run(
                 run_demo(

@@ -27,14 +27,14 @@ from typing import Any, Final
 import aiohttp
 
 from cachenet.blockstore import BlockStore, PieceWriter
-from cachenet.deviceapi import REPAIR_HEADER
 from cachenet.errors import BadInput, BlockCorrupt, CachenetError, UpstreamUnavailable
 from cachenet.httpclient import raise_for_status
 from cachenet.manifest import BlockRef, ModelManifest
 from cachenet.multicast.sockets import is_loopback, open_receiver, validate_group
 from cachenet.multicast.wire import FINAL
+from cachenet.server.deviceapi import REPAIR_HEADER
 from clients.fetch import BlockFetcher
-from clients.multicast_receiver import IncomingBlock, SessionReceiver
+from clients.multicast.receiver import IncomingBlock, SessionReceiver
 
 __all__ = ("MULTICAST_MODES", "MulticastOptions", "MulticastStats", "fetch_with_multicast")
 log = logging.getLogger(__name__)

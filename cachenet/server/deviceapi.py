@@ -24,11 +24,11 @@ from aiohttp import web
 
 from cachenet.blockid import validate_block_id
 from cachenet.errors import FileNotInModel
-from cachenet.filesend import Pacer, send_file_range
 from cachenet.manifest import FileManifest, ModelManifest
 from cachenet.names import validate_file_path, validate_model_name, validate_revision
-from cachenet.openapi import ApiDoc
 from cachenet.ranges import parse_range
+from cachenet.server.filesend import Pacer, send_file_range
+from cachenet.server.openapi import ApiDoc
 
 __all__ = (
     "BLAKE3_HEADER",

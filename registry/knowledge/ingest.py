@@ -3,7 +3,7 @@
 The flow mirrors `publish`: everything is read, chunked, embedded and serialised locally
 first; then the origin is asked which blocks it lacks, only those are uploaded, and the
 collection is published as the manifest `knowledge/<collection>` (see
-`cachenet.knowledge` for the formats). Re-ingesting a changed corpus keeps the shard
+`cachenet.knowledge.formats` for the formats). Re-ingesting a changed corpus keeps the shard
 layout stable so that only shards whose chunks changed become new blocks:
 
 - the previous revision's centroids are reused (no re-training) unless `rebuild` is
@@ -27,7 +27,7 @@ import numpy as np
 
 from cachenet.blockid import digest_of
 from cachenet.errors import BadInput, BlockCorrupt, ModelNotFound
-from cachenet.knowledge import (
+from cachenet.knowledge.formats import (
     INDEX_PATH,
     KNOWLEDGE_KIND,
     ChunkInfo,

@@ -9,8 +9,7 @@ from aiohttp import web
 
 from cachenet.blockstore import BlockStore
 from cachenet.errors import ModelNotFound
-from cachenet.httpbody import read_body
-from cachenet.knowledge import (
+from cachenet.knowledge.formats import (
     KNOWLEDGE_KIND,
     KNOWLEDGE_PREFIX,
     MAX_QUERY_BODY_BYTES,
@@ -30,7 +29,8 @@ from cachenet.knowledge import (
     search_shards,
 )
 from cachenet.manifest import ModelManifest
-from cachenet.openapi import ApiDoc
+from cachenet.server.httpbody import read_body
+from cachenet.server.openapi import ApiDoc
 from registry.catalogue import Catalogue
 from registry.keys import catalogue_key, store_key
 
