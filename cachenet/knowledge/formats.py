@@ -5,14 +5,14 @@ and K shards, each file exactly one block:
 
     knowledge/<collection>@<revision>
     ├── index.json              canonical JSON (one block)
-    │     {"format": "cachenet.knowledge.formats.index/1", "collection", "model", "dims",
+    │     {"format": "cachenet.knowledge.index/1", "collection", "model", "dims",
     │      "metric": "ip", "chunks", "chunk_size", "overlap", "default_nprobe",
     │      "centroids": base64(float32 LE, K × dims),
     │      "shards": [{"path", "block_id", "blake3", "size", "count"}, ...]}
     └── shards/00000.shard …    one IVF list each (one block)
           b"CNKS" | u32 LE header length | canonical JSON header | zero pad to 4 bytes
           | float32 LE vectors (count × dims, row-major)
-          header = {"format": "cachenet.knowledge.formats.shard/1", "dims", "count",
+          header = {"format": "cachenet.knowledge.shard/1", "dims", "count",
                     "chunks": [[source, position, text], ...]}   sorted by (source, position)
 
 A shard's bytes depend only on its chunks and their vectors (no shard number, no
@@ -87,8 +87,8 @@ Vectors = npt.NDArray[np.float32]
 KNOWLEDGE_PREFIX: Final = "knowledge/"
 KNOWLEDGE_KIND: Final = "knowledge"
 INDEX_PATH: Final = "index.json"
-INDEX_FORMAT: Final = "cachenet.knowledge.formats.index/1"
-SHARD_FORMAT: Final = "cachenet.knowledge.formats.shard/1"
+INDEX_FORMAT: Final = "cachenet.knowledge.index/1"
+SHARD_FORMAT: Final = "cachenet.knowledge.shard/1"
 DEFAULT_K: Final = 10
 MAX_K: Final = 1000
 MAX_QUERY_TEXT_CHARS: Final = 8192
