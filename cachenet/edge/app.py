@@ -11,7 +11,7 @@ from cachenet.edge.cache import EdgeCache
 from cachenet.edge.config import EdgeSettings
 from cachenet.edge.demand import DemandStats
 from cachenet.edge.keys import cache_key, demand_key, manifests_key, settings_key
-from cachenet.edge.knowledge.service import add_knowledge_routes
+from cachenet.edge.knowledge.routes import add_knowledge_routes
 from cachenet.edge.manifests import ManifestCache
 from cachenet.edge.metrics import EdgeMetrics
 from cachenet.edge.multicast.hub import MulticastHub

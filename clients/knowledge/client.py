@@ -9,7 +9,9 @@ import aiohttp
 
 from cachenet.errors import BadInput
 from cachenet.httpclient import DEFAULT_TIMEOUT, raise_for_status
-from cachenet.knowledge.formats import DEFAULT_K, HitInfo, collection_model_name, load_embedder
+from cachenet.knowledge.embedder import load_embedder
+from cachenet.knowledge.formats import collection_model_name
+from cachenet.knowledge.search import DEFAULT_K, HitInfo
 from cachenet.server.deviceapi import CELL_HEADER
 
 __all__ = ("AnswerInfo", "DEFAULT_RAG_SOURCE", "KnowledgeClient", "query_sync")

@@ -27,11 +27,11 @@ import numpy as np
 
 from cachenet.blockid import digest_of
 from cachenet.errors import BadInput, BlockCorrupt, ModelNotFound
+from cachenet.knowledge.embedder import Embedder, load_embedder
 from cachenet.knowledge.formats import (
     INDEX_PATH,
     KNOWLEDGE_KIND,
     ChunkInfo,
-    Embedder,
     IndexInfo,
     ShardInfo,
     Vectors,
@@ -41,7 +41,6 @@ from cachenet.knowledge.formats import (
     encode_index,
     encode_shard,
     index_ref,
-    load_embedder,
 )
 from cachenet.manifest import BlockRef, FileManifest, ModelManifest
 from registry.chunking import DEFAULT_MAX_BLOCK_BYTES

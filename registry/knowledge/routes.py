@@ -9,21 +9,23 @@ from aiohttp import web
 
 from cachenet.blockstore import BlockStore
 from cachenet.errors import ModelNotFound
+from cachenet.knowledge.embedder import embed_query
 from cachenet.knowledge.formats import (
     KNOWLEDGE_KIND,
     KNOWLEDGE_PREFIX,
-    MAX_QUERY_BODY_BYTES,
     IndexInfo,
     Shard,
     ShardInfo,
-    answer_json,
     collection_model_name,
     decode_index,
-    decode_query_body,
     decode_shard,
     describe_json,
-    embed_query,
     index_ref,
+)
+from cachenet.knowledge.search import (
+    MAX_QUERY_BODY_BYTES,
+    answer_json,
+    decode_query_body,
     query_body_schema,
     route_query,
     search_shards,

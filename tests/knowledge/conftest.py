@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import TestServer
 
-from cachenet.knowledge.formats import Embedder, load_embedder
+from cachenet.knowledge.embedder import Embedder, load_embedder
 from registry.config import OriginSettings
 from registry.knowledge.ingest import IngestReport, ingest_paths
 from registry.publish import LocalTarget

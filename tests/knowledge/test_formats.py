@@ -15,10 +15,8 @@ from cachenet.knowledge.formats import (
     decode_shard,
     encode_index,
     encode_shard,
-    parse_query,
-    route_query,
-    search_shards,
 )
+from cachenet.knowledge.search import parse_query, route_query, search_shards
 from registry.knowledge.ingest import (
     DocumentInfo,
     assign_shards,

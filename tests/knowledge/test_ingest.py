@@ -9,7 +9,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from cachenet.cli import main
-from cachenet.knowledge.formats import Embedder, decode_index, index_ref
+from cachenet.knowledge.embedder import Embedder
+from cachenet.knowledge.formats import decode_index, index_ref
 from clients.knowledge.client import KnowledgeClient
 from registry.keys import catalogue_key, store_key
 from registry.knowledge.ingest import IngestReport, ingest_paths

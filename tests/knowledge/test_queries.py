@@ -9,9 +9,9 @@ import numpy as np
 from aiohttp.test_utils import TestServer
 from safetensors.numpy import save_file
 
-from cachenet.edge.keys import cache_key
-from cachenet.edge.knowledge.service import FetchEstimator, edge_knowledge_key
-from cachenet.knowledge.formats import HitInfo
+from cachenet.edge.keys import cache_key, edge_knowledge_key
+from cachenet.edge.knowledge.shards import FetchEstimator
+from cachenet.knowledge.search import HitInfo
 from clients.knowledge.client import AnswerInfo, KnowledgeClient
 from registry.knowledge.ingest import IngestReport
 from registry.publish import HttpTarget, publish_path

@@ -17,17 +17,15 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import aiohttp
-from aiohttp import web
 from prometheus_client import Counter
 
 from cachenet.edge.cache import EdgeCache
 from cachenet.edge.demand import DemandStats
-from cachenet.edge.keys import cache_key, demand_key, manifests_key
 from cachenet.edge.manifests import ManifestCache
 from cachenet.errors import (
     BadInput,
@@ -38,32 +36,29 @@ from cachenet.errors import (
     UpstreamUnavailable,
 )
 from cachenet.httpclient import raise_for_status
+from cachenet.knowledge.embedder import embed_query
 from cachenet.knowledge.formats import (
-    MAX_QUERY_BODY_BYTES,
     IndexInfo,
-    QueryInfo,
     Shard,
     ShardInfo,
     Vectors,
-    answer_json,
     collection_model_name,
     decode_index,
-    decode_query_body,
     decode_shard,
-    describe_json,
-    embed_query,
     index_ref,
-    query_body_schema,
+)
+from cachenet.knowledge.search import (
+    QueryInfo,
+    answer_json,
+    decode_query_body,
     route_query,
     search_shards,
 )
 from cachenet.manifest import BlockRef, ModelManifest
-from cachenet.server.deviceapi import CELL_HEADER, LocalBlock
+from cachenet.server.deviceapi import LocalBlock
 from cachenet.server.flight import Flight
-from cachenet.server.httpbody import read_body
-from cachenet.server.openapi import ApiDoc
 
-__all__ = ("EdgeKnowledge", "FetchEstimator", "add_knowledge_routes", "edge_knowledge_key")
+__all__ = ("EdgeKnowledge", "FetchEstimator")
 log = logging.getLogger(__name__)
 
 DEFAULT_UPSTREAM_RATE_BYTES_PER_S: Final = 100e6 / 8
@@ -334,51 +329,3 @@ def _relayed(error: CachenetError) -> CachenetError:
     """The origin's error as this node's own (without the upstream's HTTP status attribute)."""
     attrs = {k: v for k, v in error.attrs.items() if k != "status_code"}
     return type(error)(error.message, **attrs)
-
-
-edge_knowledge_key: Final = web.AppKey("edge_knowledge", EdgeKnowledge)
-
-
-def add_knowledge_routes(app: web.Application, doc: ApiDoc) -> None:
-    """Register /v1/knowledge/{collection}[/query] on the edge app (after its cache is set)."""
-    knowledge = EdgeKnowledge(app[cache_key], app[manifests_key], app[demand_key])
-    app[edge_knowledge_key] = knowledge
-    collection = "{collection:[A-Za-z0-9][A-Za-z0-9._-]*}"
-    doc.route(
-        app.router,
-        "GET",
-        f"/v1/knowledge/{collection}",
-        _describe,
-        summary="A collection's index and which of its shards this node holds",
-        query={"revision": {"type": "string"}},
-    )
-    doc.route(
-        app.router,
-        "POST",
-        f"/v1/knowledge/{collection}/query",
-        _query,
-        summary="Top-k chunks: answered from held shards, after fetching shards, or forwarded",
-        body=query_body_schema(),
-    )
-
-    async def stop(app: web.Application) -> AsyncIterator[None]:
-        yield
-        await knowledge.close()
-
-    app.cleanup_ctx.append(stop)
-
-
-async def _describe(request: web.Request) -> web.Response:
-    knowledge = request.app[edge_knowledge_key]
-    manifest, index = await knowledge.collection(
-        request.match_info["collection"], request.query.get("revision", "main")
-    )
-    return web.json_response({**describe_json(manifest, index), "held": knowledge.held_shards(index)})
-
-
-async def _query(request: web.Request) -> web.Response:
-    body = await read_body(request, limit=MAX_QUERY_BODY_BYTES)
-    answer = await request.app[edge_knowledge_key].answer(
-        request.match_info["collection"], body, cell=request.headers.get(CELL_HEADER)
-    )
-    return web.json_response(answer)
