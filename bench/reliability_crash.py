@@ -14,9 +14,8 @@ After every restart on the same folder: no temporary file survives the restart's
 block verifies (`BlockStore.check`), the catalogue references no missing block and every
 refcount is right (`Catalogue.check`), every acknowledged publish (exit 0 and its revision
 printed before the kill) resolves and all its files download byte-identical, and an
-acknowledged plan is pinned and complete again. Servers run through a slim launcher
-(`cachenet.cli.main` with only the command's own module registered: the same code as the
-`cachenet` script, ~1.3 s less start-up, since it skips importing the placement solvers).
+acknowledged plan is pinned and complete again. Servers run as `python -m cachenet ...`
+(the `cachenet` script; it imports only the command's own modules).
 
     python -m bench.reliability_crash [--kills 50] [--seed 1] [--scenarios publish,plan,fetch]
 """
@@ -76,8 +75,6 @@ HTTP_TIMEOUT_S: Final = 30.0
 SHARED_TENSORS: Final = 8
 DEVICE_THREADS: Final = 12
 DEVICE_REQUESTS_MAX: Final = 200
-# `cachenet.cli.main` with one command module: the `cachenet` script minus unrelated imports.
-_LAUNCH: Final = "import sys, cachenet.cli as c; c.COMMAND_MODULES = (sys.argv.pop(1),); sys.exit(c.main())"
 _PUBLISHED_RE: Final = re.compile(r"^published (\S+)@(\S+) = ([0-9a-f]{40}):", re.M)
 
 
@@ -126,8 +123,8 @@ class ScenarioResult:
 class Server:
     """A `cachenet` server subprocess that can be SIGKILLed and restarted on the same folder."""
 
-    def __init__(self, module: str, args: list[str], *, port: int, log_path: Path) -> None:
-        self.module, self.args, self.port, self.log_path = module, args, port, log_path
+    def __init__(self, args: list[str], *, port: int, log_path: Path) -> None:
+        self.args, self.port, self.log_path = args, port, log_path
         self.url = f"http://127.0.0.1:{port}"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -136,7 +133,7 @@ class Server:
         """An origin on a free port, its data in `work/origin`, its log in `work/logs`."""
         port = free_port()
         argv = ["origin", "serve", "--data", str(work / "origin"), "--port", str(port), "--token", TOKEN]
-        return cls("registry.cli", argv, port=port, log_path=work / "logs" / "origin.log")
+        return cls(argv, port=port, log_path=work / "logs" / "origin.log")
 
     @classmethod
     def edge(cls, work: Path, *, node_id: str, capacity: str, origin_url: str) -> "Server":
@@ -158,7 +155,7 @@ class Server:
             "--port",
             str(port),
         ]
-        return cls("cachenet.edge.cli", argv, port=port, log_path=work / "logs" / "edge.log")
+        return cls(argv, port=port, log_path=work / "logs" / "edge.log")
 
     @property
     def pid(self) -> int:
@@ -171,7 +168,7 @@ class Server:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as out:
             self.process = subprocess.Popen(
-                launcher(self.module, *self.args),
+                launcher(*self.args),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -182,14 +179,14 @@ class Server:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 tail = self.log_path.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"{self.module} exited with {self.process.returncode}:\n{tail}")
+                raise RuntimeError(f"cachenet {self.args[0]} exited with {self.process.returncode}:\n{tail}")
             try:
                 if http("GET", self.url + "/healthz", timeout=1)[0] == 200:
                     return
             except OSError:
                 pass
             time.sleep(0.03)
-        raise RuntimeError(f"{self.module} on port {self.port} not healthy within {START_TIMEOUT_S:.0f} s")
+        raise RuntimeError(f"cachenet {self.args[0]} on port {self.port} not healthy within {START_TIMEOUT_S:.0f} s")
 
     def kill(self) -> None:
         """SIGKILL the process (no clean-up runs) and reap it."""
@@ -208,9 +205,9 @@ class Server:
             self.kill()
 
 
-def launcher(module: str, *args: str) -> list[str]:
-    """argv running one `cachenet` command whose parser lives in `module`."""
-    return [sys.executable, "-c", _LAUNCH, module, *args]
+def launcher(*args: str) -> list[str]:
+    """argv running one `cachenet` command (it imports only that command's modules)."""
+    return [sys.executable, "-m", "cachenet", *args]
 
 
 def http(
@@ -329,7 +326,6 @@ def _run_publisher(
     kill_publisher: bool = False,
 ) -> tuple[int, str, str]:
     argv = launcher(
-        "registry.cli",
         "publish",
         str(folder),
         "--name",
@@ -724,8 +720,8 @@ def main() -> None:
             "total_damage": sum(r.damage for r in results),
             "notes": "damage = lost blocks + corrupt blocks + orphan temp files + wrong refcounts "
             "+ "
-            "incomplete acknowledged publishes + corrupt responses; must be 0. Servers run via "
-            "`python -c` calling cachenet.cli.main with one command module registered.",
+            "incomplete acknowledged publishes + corrupt responses; must be 0. Servers run as "
+            "`python -m cachenet`.",
         },
     )
     print(path)

@@ -10,8 +10,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-
 from cachenet.errors import BadInput
 
 __all__ = ("ENV_PREFIX", "load_settings")
@@ -59,6 +57,8 @@ def _read_file(path: Path) -> dict[str, Any]:
         text = path.read_text()
     except OSError as e:
         raise BadInput(f"cannot read settings file {path}: {e.strerror}") from None
+    import yaml  # only a command given a settings file pays for it
+
     try:
         doc = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:

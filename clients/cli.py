@@ -1,13 +1,13 @@
-"""`cachenet pull NAME[@REV]`: the device client on the command line."""
+"""The device's commands: `cachenet pull NAME[@REV]` and `cachenet rag query`."""
 
 import argparse
-import asyncio
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Final
 
+from cachenet.cli import command_group
 from cachenet.units import parse_rate
 from clients.config import DEFAULT_SOURCE, PullSettings
 
@@ -15,6 +15,8 @@ __all__ = ("register",)
 
 SOURCES_ENV: Final = "CACHENET_SOURCES"
 _DEFAULTS: Final = PullSettings()
+_EXCERPT_CHARS: Final = 160
+_DEFAULT_K: Final = 10  # cachenet.knowledge.search.DEFAULT_K, which imports numpy
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -90,8 +92,26 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_pull)
 
+    rag = command_group(sub, "rag", help="RAG knowledge collections: ingest documents, query top-k chunks")
+    query = rag.add_parser("query", help="top-k chunks of a collection for a text")
+    query.add_argument("collection", help="collection name")
+    query.add_argument("text", help="the question or passage to search for")
+    query.add_argument("--k", type=int, default=_DEFAULT_K, help=f"results (default {_DEFAULT_K})")
+    query.add_argument("--nprobe", type=int, help="shards to search (default: the collection's)")
+    query.add_argument("--source", default=None, help=f"origin or edge node URL (default {DEFAULT_SOURCE})")
+    query.add_argument(
+        "--embed-locally",
+        action="store_true",
+        help="embed the text on this machine and send only the embedding",
+    )
+    query.add_argument("--deadline-ms", type=float, help="an edge node forwards the query when fetching is slower")
+    query.add_argument("--json", action="store_true", help="print the answer as JSON")
+    query.set_defaults(func=_rag_query)
+
 
 def _pull(args: argparse.Namespace) -> int:
+    import asyncio
+
     from clients.multicast.session import MulticastOptions
     from clients.pull import pull
 
@@ -123,4 +143,34 @@ def _pull(args: argparse.Namespace) -> int:
     else:
         print(report.summary())
     sys.stdout.flush()
+    return 0
+
+
+def _rag_query(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from clients.knowledge.client import AnswerInfo, KnowledgeClient
+
+    source = args.source or os.environ.get("CACHENET_RAG_SOURCE") or DEFAULT_SOURCE
+
+    async def run() -> AnswerInfo:
+        async with KnowledgeClient(source) as client:
+            return await client.query(
+                args.collection,
+                args.text,
+                k=args.k,
+                nprobe=args.nprobe,
+                deadline_ms=args.deadline_ms,
+                embed_locally=args.embed_locally,
+            )
+
+    answer = asyncio.run(run())
+    if args.json:
+        print(json.dumps(answer.to_json(), indent=2))
+        return 0
+    print(f"{answer.collection}@{answer.revision[:12]}: {answer.served} by {answer.node}, shards {list(answer.shards)}")
+    for rank, hit in enumerate(answer.hits, start=1):
+        text = " ".join(hit.text.split())
+        excerpt = text if len(text) <= _EXCERPT_CHARS else text[: _EXCERPT_CHARS - 1] + "…"
+        print(f"{rank:3}. {hit.score:.4f}  {hit.source}#{hit.position}  {excerpt}")
     return 0

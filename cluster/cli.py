@@ -10,8 +10,6 @@ import threading
 from pathlib import Path
 
 from cachenet.units import format_bytes
-from cluster.launcher import Cluster
-from placement.topology import load_topology
 
 __all__ = ("register",)
 
@@ -50,6 +48,9 @@ def default_topology() -> Path:
 
 
 def _up(args: argparse.Namespace) -> int:
+    from cluster.launcher import Cluster
+    from placement.topology import load_topology
+
     data: Path = args.data.resolve()
     data.mkdir(parents=True, exist_ok=True)
     token_file = data / "token"

@@ -1,22 +1,24 @@
-"""The `cachenet placement ...` commands: generate synthetic scenarios and solve placements."""
+"""Commands of the controller: `controller serve`, and `placement generate|solve|recompute|show`."""
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from cachenet.server.options import add_tls_arguments
+from placement.config import DEFAULT_CONTROLLER_PORT
 from placement.errors import ScenarioInvalid
-from placement.servicecli import add_controller_command, add_service_commands
-from placement.topology import parse_size
 
-# The solvers (and scipy under them) load only when a command runs: every `cachenet`
-# invocation builds this parser. tests/placement checks these names against SOLVERS.
+# The solvers (and scipy, networkx and aiohttp under them) load only when a command runs:
+# tests/placement checks these names against SOLVERS.
 SOLVER_NAMES = ("independent", "optimal", "trimcaching-gen", "trimcaching-gen-density", "trimcaching-spec")
 
 __all__ = ("SOLVER_NAMES", "add_placement_commands", "register")
 
 _FLAGS = {"epsilon": "--epsilon", "time_limit_s": "--time-limit"}
+_DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_CONTROLLER_PORT}"
 
 
 def register(subparsers: Any) -> None:
@@ -28,8 +30,8 @@ def register(subparsers: Any) -> None:
     )
     commands = group.add_subparsers(dest="placement_command", metavar="SUBCOMMAND", required=True)
     add_placement_commands(commands)
-    add_service_commands(commands)
-    add_controller_command(subparsers)
+    _add_service_commands(commands)
+    _add_controller_command(subparsers)
 
 
 def add_placement_commands(commands: Any) -> None:
@@ -78,7 +80,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     scenario = generate_scenario(
         servers=args.servers, users=args.users, models=args.models, backbones=args.backbones,
-        family=args.family, capacity_bytes=parse_size(args.capacity, field_name="--capacity"),
+        family=args.family, capacity_bytes=_parse_size(args.capacity),
         zipf_exponent=args.zipf, area_m=args.area, seed=args.seed,
     )  # fmt: skip
     write_scenario(scenario, args.out)
@@ -98,7 +100,7 @@ def _solve(args: argparse.Namespace) -> int:
     from placement.solve import solve, solver_options
 
     scenario = read_scenario(args.scenario)
-    capacity = None if args.capacity is None else parse_size(args.capacity, field_name="--capacity")
+    capacity = None if args.capacity is None else _parse_size(args.capacity)
     problem = scenario.to_problem(capacity_bytes=capacity)
     accepted = solver_options(args.solver)
     wanted = {"epsilon": args.epsilon, "time_limit_s": args.time_limit}
@@ -123,3 +125,137 @@ def _solve(args: argparse.Namespace) -> int:
         )
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
+
+
+def _add_controller_command(sub: Any) -> None:
+    """`cachenet controller serve`."""
+    ctl = sub.add_parser("controller", help="the placement controller service")
+    ctl_sub = ctl.add_subparsers(dest="controller_command", metavar="ACTION", required=True)
+    serve = ctl_sub.add_parser("serve", help="run the controller")
+    serve.add_argument("--config", type=Path, help="settings file (TOML or YAML)")
+    serve.add_argument("--topology", type=Path, help="topology YAML (default deploy/topologies/demo.yaml)")
+    serve.add_argument("--origin", dest="origin_url", help="origin URL (default http://127.0.0.1:8700)")
+    serve.add_argument(
+        "--node",
+        dest="nodes",
+        action="append",
+        help="ID=URL of an edge node (default: 127.0.0.1:<port> from the topology)",
+    )
+    serve.add_argument("--data", dest="data_dir", type=Path, help="folder for runs the origin has not stored yet")
+    serve.add_argument("--token", help="operator token (default $CACHENET_TOKEN); also sent to the nodes")
+    serve.add_argument(
+        "--interval", dest="interval_s", type=float, help="recompute every S seconds (default: only when asked)"
+    )
+    serve.add_argument("--solver", help="solver for periodic runs (default trimcaching-gen)")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help=f"port (default {DEFAULT_CONTROLLER_PORT})")
+    add_tls_arguments(serve)
+    serve.set_defaults(func=_serve)
+
+
+def _add_service_commands(commands: Any) -> None:
+    """`placement recompute` and `placement show` (they call a running controller)."""
+    rec = commands.add_parser("recompute", help="ask the controller to recompute the placement now")
+    rec.add_argument("--controller", default=_DEFAULT_URL, help=f"controller URL (default {_DEFAULT_URL})")
+    rec.add_argument(
+        "--solver", help="trimcaching-gen (default), trimcaching-gen-density, trimcaching-spec, independent, optimal"
+    )
+    rec.add_argument("--token", help="operator token (default $CACHENET_TOKEN)")
+    rec.add_argument("--json", action="store_true", help="print the run as JSON")
+    rec.set_defaults(func=_recompute)
+    show = commands.add_parser("show", help="show the current placement and recent runs")
+    show.add_argument("--controller", default=_DEFAULT_URL, help=f"controller URL (default {_DEFAULT_URL})")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(func=_show)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from cachenet.config import load_settings
+    from cachenet.server.serve import run_app, tls_context
+    from placement.app import create_app
+    from placement.config import ControllerSettings
+
+    keys = ("topology", "origin_url", "data_dir", "token", "interval_s", "solver", "host", "port")
+    overrides: dict[str, Any] = {k: getattr(args, k) for k in keys}
+    overrides["nodes"] = tuple(args.nodes) if args.nodes else None
+    settings = load_settings(ControllerSettings, args.config, os.environ, overrides)
+    return run_app(
+        create_app(settings), host=settings.host, port=settings.port, name="controller", ssl_context=tls_context(args)
+    )
+
+
+def _recompute(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import aiohttp
+
+    from cachenet.httpclient import DEFAULT_TIMEOUT, auth_headers, raise_for_status
+
+    async def run() -> dict[str, Any]:
+        token = args.token or os.environ.get("CACHENET_TOKEN")
+        async with aiohttp.ClientSession(timeout=DEFAULT_TIMEOUT, headers=auth_headers(token)) as s:
+            body = {"solver": args.solver} if args.solver else {}
+            async with s.post(f"{args.controller.rstrip('/')}/v1/placement/recompute", json=body) as resp:
+                await raise_for_status(resp)
+                result: dict[str, Any] = await resp.json()
+                return result
+
+    run_doc = asyncio.run(run())
+    if args.json:
+        print(json.dumps(run_doc, indent=2))
+    else:
+        _print_run(run_doc)
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import aiohttp
+
+    from cachenet.httpclient import DEFAULT_TIMEOUT, raise_for_status
+
+    async def run() -> dict[str, Any]:
+        async with aiohttp.ClientSession(timeout=DEFAULT_TIMEOUT) as s:
+            base = args.controller.rstrip("/")
+            async with s.get(f"{base}/v1/placement") as resp:
+                await raise_for_status(resp)
+                doc: dict[str, Any] = await resp.json()
+            async with s.get(f"{base}/v1/runs") as resp:
+                await raise_for_status(resp)
+                doc["runs"] = (await resp.json())["runs"]
+            return doc
+
+    doc = asyncio.run(run())
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    if doc["placement"] is None:
+        print("no placement computed yet: run `cachenet placement recompute`")
+        return 0
+    for server, models in doc["placement"]["models"].items():
+        print(f"{server:12} {len(models)} models: {', '.join(models) or '-'}")
+    for r in doc["runs"]:
+        _print_run(r)
+    return 0
+
+
+def _print_run(r: dict[str, Any]) -> None:
+    from cachenet.units import format_bytes
+
+    print(
+        f"run {r['run_id']} ({r['solver']}): expected hit ratio {r['hit_ratio']:.3f}, "
+        f"bytes to move {format_bytes(r['bytes_moved'])}, solved in {r['runtime_s']:.3f} s"
+    )
+    for server, n in sorted(r["nodes"].items()):
+        state = "pushed" if n.get("pushed") else f"NOT pushed ({n.get('error', '')})"
+        print(
+            f"  {server:12} {n['blocks']} blocks, {format_bytes(n['bytes'])}, "
+            f"fetch {format_bytes(n.get('bytes_to_fetch', 0))}: {state}"
+        )
+
+
+def _parse_size(value: str) -> int:
+    from placement.topology import parse_size
+
+    return parse_size(value, field_name="--capacity")

@@ -1,4 +1,7 @@
-"""Commands of the registry: `origin serve`, `publish`, `models list`, `models show`."""
+"""Commands of the origin: `origin serve`, `publish`, `models list|show`, `rag ingest`.
+
+Heavy modules (aiohttp, the SQL catalogue, the publisher) load only inside the command that runs.
+"""
 
 import argparse
 import asyncio
@@ -7,13 +10,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
+from cachenet.cli import command_group
 from cachenet.config import load_settings
 from cachenet.errors import BadInput
-from cachenet.httpclient import DEFAULT_TIMEOUT, raise_for_status
 from cachenet.names import parse_model_ref, validate_model_name
-from cachenet.server.serve import add_tls_arguments, run_app, tls_context
+from cachenet.server.options import add_tls_arguments
 from cachenet.units import format_bytes, parse_size
 from registry.config import DEFAULT_ORIGIN_PORT, OriginSettings
 
@@ -82,8 +83,45 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
         p.add_argument("--json", action="store_true", help="print JSON")
         p.set_defaults(func=_models_list if action == "list" else _models_show)
 
+    rag = command_group(sub, "rag", help="RAG knowledge collections: ingest documents, query top-k chunks")
+    ingest = rag.add_parser(
+        "ingest",
+        help="chunk, embed and store documents as a knowledge collection",
+        description="Split text, Markdown and JSON-lines documents into chunks, embed them with "
+        "all-MiniLM-L6-v2, partition them into IVF shards (k-means) and store the shards as "
+        "content-addressed blocks; a re-ingest stores only the shards that changed.",
+    )
+    ingest.add_argument("collection", help="collection name (letters, digits, '.', '_', '-')")
+    ingest.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="files (.txt, .md, .jsonl) or folders of them",
+    )
+    ingest.add_argument("--origin", help="URL of a running origin (uses its operator API)")
+    ingest.add_argument("--token", help="operator token for --origin (default: $CACHENET_TOKEN)")
+    ingest.add_argument("--data", type=Path, help="write straight into an origin data folder instead")
+    ingest.add_argument("--db", help="catalogue URL with --data (default: SQLite in the folder)")
+    ingest.add_argument("--chunk-size", type=int, default=None, help="words per chunk (default 120)")
+    ingest.add_argument("--overlap", type=int, default=None, help="words shared by consecutive chunks (default 20)")
+    ingest.add_argument(
+        "--shards",
+        type=int,
+        help="IVF shards (default: the existing collection's, else ~sqrt(chunks))",
+    )
+    ingest.add_argument("--seed", type=int, default=0, help="k-means seed (default 0)")
+    ingest.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="re-train the centroids instead of reusing the published ones",
+    )
+    ingest.add_argument("--json", action="store_true", help="print the report as JSON")
+    ingest.set_defaults(func=_rag_ingest)
+
 
 def _origin_serve(args: argparse.Namespace) -> int:
+    from cachenet.server.serve import run_app, tls_context
     from registry.app import create_app
 
     keys = (
@@ -146,6 +184,41 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rag_ingest(args: argparse.Namespace) -> int:
+    from registry.knowledge.ingest import DEFAULT_CHUNK_WORDS, DEFAULT_OVERLAP_WORDS, ingest_paths
+    from registry.publish import open_target
+
+    async def run() -> dict[str, Any]:
+        target = open_target(origin=args.origin, token=args.token, data=args.data, db=args.db)
+        try:
+            report = await ingest_paths(
+                args.paths,
+                collection=args.collection,
+                target=target,
+                chunk_size=args.chunk_size or DEFAULT_CHUNK_WORDS,
+                overlap=DEFAULT_OVERLAP_WORDS if args.overlap is None else args.overlap,
+                shards=args.shards,
+                seed=args.seed,
+                rebuild=args.rebuild,
+            )
+        finally:
+            await target.close()
+        return report.to_json()
+
+    report = asyncio.run(run())
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(
+            f"ingested {report['collection']} = {report['name']}@{report['revision']}: "
+            f"{report['documents']} documents, {report['chunks']} chunks "
+            f"({report['embedded_chunks']} embedded), "
+            f"{report['shards']} shards, {format_bytes(report['total_bytes'])} in all; "
+            f"stored {report['stored_shards']} new shards, {format_bytes(report['stored_bytes'])}"
+        )
+    return 0
+
+
 def _models_list(args: argparse.Namespace) -> int:
     models = asyncio.run(_fetch_models(args))
     if args.json:
@@ -192,6 +265,10 @@ async def _fetch_models(args: argparse.Namespace) -> list[dict[str, Any]]:
             return await asyncio.to_thread(list_models_json, target.catalogue)
         finally:
             await target.close()
+    import aiohttp
+
+    from cachenet.httpclient import DEFAULT_TIMEOUT, raise_for_status
+
     url = (args.origin or f"http://127.0.0.1:{DEFAULT_ORIGIN_PORT}").rstrip("/")
     async with aiohttp.ClientSession(timeout=DEFAULT_TIMEOUT) as session, session.get(f"{url}/v1/models") as resp:
         await raise_for_status(resp)
@@ -200,6 +277,10 @@ async def _fetch_models(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 async def _fetch_model_detail(args: argparse.Namespace, name: str, revision: str) -> dict[str, Any]:
+    import aiohttp
+
+    from cachenet.httpclient import DEFAULT_TIMEOUT, raise_for_status
+    from cachenet.manifest import ModelManifest
     from registry.publish import LocalTarget
 
     validate_model_name(name)
@@ -215,8 +296,6 @@ async def _fetch_model_detail(args: argparse.Namespace, name: str, revision: str
         async with aiohttp.ClientSession(timeout=DEFAULT_TIMEOUT) as session:
             async with session.get(f"{url}/v1/models/{name}/revisions/{revision}") as resp:
                 await raise_for_status(resp)
-                from cachenet.manifest import ModelManifest
-
                 manifest = ModelManifest.from_json(await resp.json())
             async with session.get(f"{url}/v1/models/{name}/revisions/{manifest.revision}/sharing") as resp:
                 await raise_for_status(resp)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cachenet.config import load_settings
 from cachenet.edge.config import DEFAULT_EDGE_PORT, POLICY_NAMES, EdgeSettings
-from cachenet.server.serve import add_tls_arguments, run_app, tls_context
+from cachenet.server.options import add_tls_arguments
 from cachenet.units import parse_rate, parse_size
 
 __all__ = ("register",)
@@ -84,6 +84,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
 
 def _serve(args: argparse.Namespace) -> int:
     from cachenet.edge.app import create_app
+    from cachenet.server.serve import run_app, tls_context
 
     keys = (
         "node_id",

@@ -6,21 +6,14 @@ import logging
 import signal
 import ssl
 import sys
-from pathlib import Path
 
 import uvloop
 from aiohttp import web
 
 from cachenet.errors import BadInput
 
-__all__ = ("add_tls_arguments", "run_app", "tls_context")
+__all__ = ("run_app", "tls_context")
 log = logging.getLogger(__name__)
-
-
-def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--tls-cert` and `--tls-key`: serve HTTPS instead of HTTP."""
-    parser.add_argument("--tls-cert", type=Path, help="PEM certificate (chain): serve HTTPS")
-    parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
 
 
 def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:

@@ -3,7 +3,7 @@
 import asyncio
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Self
 
 import aiohttp
 
@@ -13,10 +13,9 @@ from cachenet.knowledge.embedder import load_embedder
 from cachenet.knowledge.formats import collection_model_name
 from cachenet.knowledge.search import DEFAULT_K, HitInfo
 from cachenet.server.deviceapi import CELL_HEADER
+from clients.config import DEFAULT_SOURCE
 
-__all__ = ("AnswerInfo", "DEFAULT_RAG_SOURCE", "KnowledgeClient", "query_sync")
-
-DEFAULT_RAG_SOURCE: Final = "http://127.0.0.1:8700"
+__all__ = ("AnswerInfo", "KnowledgeClient", "query_sync")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +59,7 @@ class AnswerInfo:
 class KnowledgeClient:
     """Queries knowledge collections on one server (origin or edge node)."""
 
-    def __init__(self, source: str = DEFAULT_RAG_SOURCE, *, session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(self, source: str = DEFAULT_SOURCE, *, session: aiohttp.ClientSession | None = None) -> None:
         self.source = source.rstrip("/")
         self._own_session = session is None
         self.session = session or aiohttp.ClientSession(timeout=DEFAULT_TIMEOUT)
