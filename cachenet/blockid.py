@@ -1,6 +1,5 @@
 """Block ids (XXH3-128) and BLAKE3 digests: computing, checking and validating them."""
 
-import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -8,6 +7,7 @@ import blake3 as _blake3
 import xxhash
 
 from cachenet.errors import BlockCorrupt, InvalidName
+from cachenet.protocol.patterns import BLAKE3, BLOCK_ID, anchored
 
 __all__ = (
     "BLAKE3_RE",
@@ -19,8 +19,8 @@ __all__ = (
     "validate_block_id",
 )
 
-BLOCK_ID_RE: Final = re.compile(r"^[0-9a-f]{32}\Z")
-BLAKE3_RE: Final = re.compile(r"^[0-9a-f]{64}\Z")
+BLOCK_ID_RE: Final = anchored(BLOCK_ID)
+BLAKE3_RE: Final = anchored(BLAKE3)
 # BLAKE3 parallelises over large inputs; below this size threads cost more than they save.
 _BLAKE3_THREADED_MIN_BYTES: Final = 4 * 1024 * 1024
 

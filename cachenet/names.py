@@ -4,6 +4,7 @@ import re
 from typing import Final
 
 from cachenet.errors import InvalidName
+from cachenet.protocol.patterns import COMMIT, MODEL_NAME, REVISION, anchored
 
 __all__ = (
     "COMMIT_RE",
@@ -13,11 +14,9 @@ __all__ = (
     "validate_revision",
 )
 
-_PART: Final = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
-_MODEL_NAME_RE: Final = re.compile(rf"^{_PART}(/{_PART})?\Z")
-_REVISION_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
-# \Z, not $: "$" also matches before a trailing newline ("main\n" would pass).
-COMMIT_RE: Final = re.compile(r"^[0-9a-f]{40}\Z")
+_MODEL_NAME_RE: Final = anchored(MODEL_NAME)
+_REVISION_RE: Final = anchored(REVISION)
+COMMIT_RE: Final = anchored(COMMIT)
 _PATH_PART_RE: Final = re.compile(r"^[^\x00-\x1f/\\:*?\"<>|\ud800-\udfff]{1,255}\Z")
 MAX_PATH_CHARS: Final = 1024
 

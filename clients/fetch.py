@@ -22,7 +22,7 @@ from cachenet.blockstore import BlockStore, BlockWriter
 from cachenet.errors import BlockCorrupt, CachenetError, CapacityExceeded, UpstreamUnavailable
 from cachenet.httpclient import raise_for_status
 from cachenet.manifest import BlockRef
-from cachenet.server.deviceapi import BLAKE3_HEADER
+from cachenet.protocol.headers import BLAKE3_HEADER
 from clients.sources import NoSourceLeft, Source, SourcePool
 
 __all__ = ("BlockFetcher", "FetchStats")

@@ -9,6 +9,7 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from cachenet.blockstore import BlockStore
+from cachenet.protocol.headers import STALE_REF_HEADER
 from cachenet.server.deviceapi import add_device_routes
 from cachenet.server.metrics import metrics_handler
 from cachenet.server.middlewares import error_middleware
@@ -17,7 +18,7 @@ from registry.catalogue import Catalogue
 from registry.config import OriginSettings
 from registry.keys import catalogue_key, settings_key, store_key
 from registry.knowledge.routes import add_knowledge_routes
-from registry.mirror import STALE_REF, STALE_REF_HEADER, Mirror, MirrorRules, UpstreamHub
+from registry.mirror import STALE_REF, Mirror, MirrorRules, UpstreamHub
 from registry.routes import add_operator_routes
 from registry.source import OriginSource
 

@@ -47,12 +47,10 @@ __all__ = (
     "Mirror",
     "MirrorRules",
     "STALE_REF",
-    "STALE_REF_HEADER",
     "UpstreamHub",
 )
 log = logging.getLogger(__name__)
 
-STALE_REF_HEADER: Final = "X-Cachenet-Stale-Ref"
 # Set while a request is served from a moving ref the upstream could not revalidate.
 STALE_REF: contextvars.ContextVar[str | None] = contextvars.ContextVar("stale_ref", default=None)
 _READ_BYTES: Final = 1024 * 1024

@@ -25,6 +25,7 @@ from cachenet.errors import BadInput, ModelNotFound
 from cachenet.httpclient import DEFAULT_TIMEOUT, auth_headers, raise_for_status
 from cachenet.manifest import BaseRef, BlockRef, ModelManifest
 from cachenet.names import parse_model_ref, validate_model_name
+from cachenet.protocol.headers import BLAKE3_HEADER
 from registry.catalogue import Catalogue
 from registry.chunking import DEFAULT_MAX_BLOCK_BYTES, CutFile, cut_file, list_folder_files
 from registry.config import OriginSettings
@@ -156,7 +157,7 @@ class HttpTarget:
     async def upload(self, ref: BlockRef, data: memoryview) -> None:
         """PUT one block with its BLAKE3 digest."""
         headers = {
-            "X-Blake3": ref.blake3,
+            BLAKE3_HEADER: ref.blake3,
             "Content-Type": "application/octet-stream",
             "Content-Length": str(len(data)),
         }

@@ -10,7 +10,8 @@ from cachenet.blockid import validate_blake3, validate_block_id
 from cachenet.errors import BadInput, BlockCorrupt, ManifestInvalid
 from cachenet.manifest import BlockRef, ModelManifest
 from cachenet.names import validate_model_name, validate_revision
-from cachenet.server.deviceapi import MODEL_NAME_PATTERN
+from cachenet.protocol.headers import BLAKE3_HEADER
+from cachenet.protocol.patterns import ROUTE_MODEL_NAME
 from cachenet.server.httpbody import read_body
 from cachenet.server.middlewares import require_token
 from cachenet.server.openapi import ApiDoc
@@ -56,7 +57,7 @@ def add_operator_routes(app: web.Application, doc: ApiDoc) -> None:
         "/v1/blocks/{block_id}",
         upload_block,
         operator=True,
-        summary="Upload one block (verified against its id and the X-Blake3 header)",
+        summary="Upload one block (verified against its id and the X-Block-Blake3 header)",
         body={"application/octet-stream": {}},
         responses={201: "stored", 200: "already stored"},
         schema={
@@ -68,7 +69,7 @@ def add_operator_routes(app: web.Application, doc: ApiDoc) -> None:
     doc.route(
         r,
         "POST",
-        f"/v1/models/{{name:{MODEL_NAME_PATTERN}}}/revisions",
+        f"/v1/models/{{name:{ROUTE_MODEL_NAME}}}/revisions",
         publish,
         operator=True,
         summary="Publish a manifest and move a tag to it",
@@ -91,7 +92,7 @@ def add_operator_routes(app: web.Application, doc: ApiDoc) -> None:
     doc.route(
         r,
         "GET",
-        f"/v1/models/{{name:{MODEL_NAME_PATTERN}}}/revisions/{{revision}}/sharing",
+        f"/v1/models/{{name:{ROUTE_MODEL_NAME}}}/revisions/{{revision}}/sharing",
         sharing,
         summary="Bytes of this revision's blocks that each other model also uses",
         schema={
@@ -154,12 +155,12 @@ async def missing(request: web.Request) -> web.Response:
 
 
 async def upload_block(request: web.Request) -> web.Response:
-    """PUT /v1/blocks/{block_id} with the block as body and `X-Blake3: <hex>`."""
+    """PUT /v1/blocks/{block_id} with the block as body and `X-Block-Blake3: <hex>`."""
     app = request.app
     settings = app[settings_key]
     require_token(request, settings.token)
     block_id = validate_block_id(request.match_info["block_id"])
-    blake3 = validate_blake3(request.headers.get("X-Blake3", ""))
+    blake3 = validate_blake3(request.headers.get(BLAKE3_HEADER, ""))
     size = request.content_length
     if size is None:
         raise BadInput("a block upload needs a Content-Length")

@@ -18,7 +18,8 @@ from cachenet.edge.multicast.hub import MulticastHub
 from cachenet.edge.multicast.routes import add_multicast_routes, hub_key
 from cachenet.edge.routes import add_node_routes
 from cachenet.edge.source import EdgeSource
-from cachenet.server.deviceapi import REPAIR_HEADER, add_device_routes
+from cachenet.protocol.headers import REPAIR_HEADER
+from cachenet.server.deviceapi import add_device_routes
 from cachenet.server.metrics import metrics_handler
 from cachenet.server.middlewares import error_middleware
 from cachenet.server.openapi import ApiDoc

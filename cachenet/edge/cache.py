@@ -35,7 +35,8 @@ from cachenet.errors import (
     UpstreamUnavailable,
 )
 from cachenet.manifest import BlockRef, ModelManifest
-from cachenet.server.deviceapi import BLAKE3_HEADER, ONLY_IF_CACHED_HEADER, BlockHandle, LocalBlock
+from cachenet.protocol.headers import BLAKE3_HEADER, ONLY_IF_CACHED_HEADER
+from cachenet.server.deviceapi import BlockHandle, LocalBlock
 from cachenet.server.flight import Flight
 from placement.replacement import ReplacementPolicy, make_policy
 

@@ -26,19 +26,23 @@ from cachenet.blockid import validate_block_id
 from cachenet.errors import FileNotInModel
 from cachenet.manifest import FileManifest, ModelManifest
 from cachenet.names import validate_file_path, validate_model_name, validate_revision
+from cachenet.protocol.headers import (
+    BLAKE3_HEADER,
+    CELL_HEADER,
+    HF_COMMIT_HEADER,
+    HF_LINKED_ETAG_HEADER,
+    HF_LINKED_SIZE_HEADER,
+    ONLY_IF_CACHED_HEADER,
+)
+from cachenet.protocol.patterns import ROUTE_MODEL_NAME
 from cachenet.ranges import parse_range
 from cachenet.server.filesend import Pacer, send_file_range
 from cachenet.server.openapi import ApiDoc
 
 __all__ = (
-    "BLAKE3_HEADER",
     "BlockHandle",
-    "CELL_HEADER",
     "LocalBlock",
-    "MODEL_NAME_PATTERN",
     "ModelSource",
-    "ONLY_IF_CACHED_HEADER",
-    "REPAIR_HEADER",
     "SentHook",
     "StreamingBlock",
     "StreamingFile",
@@ -47,14 +51,8 @@ __all__ = (
     "is_lfs_file",
 )
 
-MODEL_NAME_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)?"
 _BLOCK_PATTERN: Final = r"[^/]+"
 IMMUTABLE: Final = "public, max-age=31536000, immutable"
-CELL_HEADER: Final = "X-Cachenet-Cell"
-ONLY_IF_CACHED_HEADER: Final = "X-Cachenet-Only-If-Cached"
-BLAKE3_HEADER: Final = "X-Block-Blake3"
-# Sent by multicast members fetching the pieces they lost (the session id): counted as repair.
-REPAIR_HEADER: Final = "X-Cachenet-Repair"
 # Files at least this big, and every safetensors file, are presented as Git LFS files,
 # whose Hugging Face ETag is the SHA-256 of the content (clients verify downloads with it).
 LFS_MIN_BYTES: Final = 10 * 1024 * 1024
@@ -187,7 +185,7 @@ def add_device_routes(
     """Register the device API on `app`, serving from `source`; `on_sent` hears of every body sent whole."""
     api = _DeviceApi(source, on_sent)
     r = app.router
-    name = f"{{name:{MODEL_NAME_PATTERN}}}"
+    name = f"{{name:{ROUTE_MODEL_NAME}}}"
     block = f"{{block_id:{_BLOCK_PATTERN}}}"
     file_path = "{path:.+}"
     doc.route(
@@ -315,7 +313,7 @@ class _DeviceApi:
 
     async def get_manifest(self, request: web.Request) -> web.Response:
         manifest = await self._manifest(request)
-        headers = {"ETag": f'"{manifest.revision}"', "X-Repo-Commit": manifest.revision}
+        headers = {"ETag": f'"{manifest.revision}"', HF_COMMIT_HEADER: manifest.revision}
         if validate_revision(request.match_info["revision"]) == manifest.revision:
             headers["Cache-Control"] = IMMUTABLE
         else:
@@ -349,7 +347,7 @@ class _DeviceApi:
                 "cardData": {"base_model": manifest.base.name} if manifest.base else {},
                 "siblings": [{"rfilename": f.path, "size": f.size} for f in manifest.files],
             },
-            headers={"X-Repo-Commit": manifest.revision},
+            headers={HF_COMMIT_HEADER: manifest.revision},
         )
 
     async def hf_tree(self, request: web.Request) -> web.Response:
@@ -377,7 +375,7 @@ class _DeviceApi:
                 entries.append(entry)
         if prefix and not entries:
             raise FileNotInModel(f"{manifest.name} has no folder {prefix!r}", path=prefix)
-        return web.json_response(entries, headers={"X-Repo-Commit": manifest.revision})
+        return web.json_response(entries, headers={HF_COMMIT_HEADER: manifest.revision})
 
     async def hf_resolve(self, request: web.Request) -> web.StreamResponse:
         manifest, f = await self._file(request)
@@ -404,13 +402,13 @@ class _DeviceApi:
         etag = f'"{f.sha256}"'
         headers = {
             "ETag": etag,
-            "X-Repo-Commit": manifest.revision,
+            HF_COMMIT_HEADER: manifest.revision,
             "Content-Type": "application/octet-stream",
             "Content-Disposition": f'attachment; filename="{f.path.rsplit("/", 1)[-1]}"',
         }
         if isinstance(f, StreamingFile) or is_lfs_file(f):
-            headers["X-Linked-Etag"] = etag
-            headers["X-Linked-Size"] = str(f.size)
+            headers[HF_LINKED_ETAG_HEADER] = etag
+            headers[HF_LINKED_SIZE_HEADER] = str(f.size)
         if request.headers.get("If-None-Match") == etag:
             return web.Response(status=304, headers=headers)
         if isinstance(f, StreamingFile):

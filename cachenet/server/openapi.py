@@ -7,13 +7,15 @@ from typing import Any, Final
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from cachenet.protocol.patterns import BLOCK_ID, MODEL_NAME, REVISION, schema_pattern
+
 __all__ = ("ApiDoc", "error_schema")
 
-# What the servers accept for the path parameters every API shares (cachenet.names, cachenet.blockid).
+# What the servers accept for the path parameters every API shares.
 _PATH_PARAM_SCHEMAS: Final[dict[str, dict[str, Any]]] = {
-    "block_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
-    "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$"},
-    "revision": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
+    "block_id": {"type": "string", "pattern": schema_pattern(BLOCK_ID)},
+    "name": {"type": "string", "pattern": schema_pattern(MODEL_NAME)},
+    "revision": {"type": "string", "pattern": schema_pattern(REVISION)},
     "path": {"type": "string", "minLength": 1, "maxLength": 1024},
 }
 _PARAM_RE: Final = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[^{}]*(?:\{[^{}]*\}[^{}]*)*)?\}")

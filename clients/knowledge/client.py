@@ -12,7 +12,7 @@ from cachenet.httpclient import DEFAULT_TIMEOUT, raise_for_status
 from cachenet.knowledge.embedder import load_embedder
 from cachenet.knowledge.formats import collection_model_name
 from cachenet.knowledge.search import DEFAULT_K, HitInfo
-from cachenet.server.deviceapi import CELL_HEADER
+from cachenet.protocol.headers import CELL_HEADER
 from clients.config import DEFAULT_SOURCE
 
 __all__ = ("AnswerInfo", "KnowledgeClient", "query_sync")

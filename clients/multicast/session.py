@@ -32,7 +32,7 @@ from cachenet.httpclient import raise_for_status
 from cachenet.manifest import BlockRef, ModelManifest
 from cachenet.multicast.sockets import is_loopback, open_receiver, validate_group
 from cachenet.multicast.wire import FINAL
-from cachenet.server.deviceapi import REPAIR_HEADER
+from cachenet.protocol.headers import REPAIR_HEADER
 from clients.fetch import BlockFetcher
 from clients.multicast.receiver import IncomingBlock, SessionReceiver
 

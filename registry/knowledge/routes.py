@@ -31,14 +31,14 @@ from cachenet.knowledge.search import (
     search_shards,
 )
 from cachenet.manifest import ModelManifest
+from cachenet.protocol.patterns import ROUTE_COLLECTION
 from cachenet.server.httpbody import read_body
 from cachenet.server.openapi import ApiDoc
 from registry.catalogue import Catalogue
 from registry.keys import catalogue_key, store_key
 
-__all__ = ("COLLECTION_PATTERN", "OriginKnowledge", "add_knowledge_routes", "knowledge_key")
+__all__ = ("OriginKnowledge", "add_knowledge_routes", "knowledge_key")
 
-COLLECTION_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 DEFAULT_SHARD_MEMORY_BYTES: Final = 512 * 1024 * 1024
 
 
@@ -106,7 +106,7 @@ def add_knowledge_routes(app: web.Application, doc: ApiDoc) -> None:
     """Register /v1/knowledge/* on the origin app (after its store and catalogue are set)."""
     app[knowledge_key] = OriginKnowledge(app[catalogue_key], app[store_key])
     r = app.router
-    collection = f"{{collection:{COLLECTION_PATTERN}}}"
+    collection = f"{{collection:{ROUTE_COLLECTION}}}"
     doc.route(r, "GET", "/v1/knowledge", list_collections, summary="Knowledge collections and their sizes")
     doc.route(
         r,

@@ -119,21 +119,21 @@ async def test_upload_with_wrong_bytes_is_refused_and_nothing_changes(origin_ser
     auth = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
     async with aiohttp.ClientSession() as session:
         url = f"{base}/v1/blocks/{good.block_id}"
-        async with session.put(url, data=b"evil bytes", headers={**auth, "X-Blake3": good.blake3}) as resp:
+        async with session.put(url, data=b"evil bytes", headers={**auth, "X-Block-Blake3": good.blake3}) as resp:
             assert resp.status == 409
             assert (await resp.json())["error"] == "BlockCorrupt"
-        async with session.put(url, data=b"good bytes", headers={**auth, "X-Blake3": "0" * 64}) as resp:
+        async with session.put(url, data=b"good bytes", headers={**auth, "X-Block-Blake3": "0" * 64}) as resp:
             assert resp.status == 409
-        async with session.put(url, data=b"good bytes", headers={"X-Blake3": good.blake3}) as resp:
+        async with session.put(url, data=b"good bytes", headers={"X-Block-Blake3": good.blake3}) as resp:
             assert resp.status == 401
         async with session.put(
-            f"{base}/v1/blocks/..%2F..%2Fx", data=b"x", headers={**auth, "X-Blake3": good.blake3}
+            f"{base}/v1/blocks/..%2F..%2Fx", data=b"x", headers={**auth, "X-Block-Blake3": good.blake3}
         ) as resp:
             assert resp.status in (404, 422)
         assert store.used_bytes == 0 and len(store) == 0 and store.check().ok
-        async with session.put(url, data=b"good bytes", headers={**auth, "X-Blake3": good.blake3}) as resp:
+        async with session.put(url, data=b"good bytes", headers={**auth, "X-Block-Blake3": good.blake3}) as resp:
             assert resp.status == 201
-        async with session.put(url, data=b"good bytes", headers={**auth, "X-Blake3": "f" * 64}) as resp:
+        async with session.put(url, data=b"good bytes", headers={**auth, "X-Block-Blake3": "f" * 64}) as resp:
             assert resp.status == 409  # same id, other BLAKE3: a collision
             assert (await resp.json())["error"] == "HashCollision"
 

@@ -127,7 +127,7 @@ async def test_oversized_bodies_are_refused_before_they_are_read(
     # 1 TiB announced, 16 bytes sent: only a refusal from the headers alone can answer in time.
     head = (
         f"{method} {path} HTTP/1.1\nHost: x\nAuthorization: Bearer {OPERATOR_TOKEN}\n"
-        f"X-Blake3: {'0' * 64}\nContent-Type: application/json\nContent-Length: {1 << 40}\n"
+        f"X-Block-Blake3: {'0' * 64}\nContent-Type: application/json\nContent-Length: {1 << 40}\n"
     )
     status, rest = await _raw_request(servers[server_name], head, b"{" * 16)
     assert status == 422, (status, rest[:300])
@@ -138,7 +138,7 @@ async def test_an_upload_over_the_max_block_size_is_refused(origin_server: TestS
     max_block = origin_server.app[origin_settings_key].max_block_size
     head = (
         f"PUT /v1/blocks/{'0' * 32} HTTP/1.1\nHost: x\nAuthorization: Bearer {OPERATOR_TOKEN}\n"
-        f"X-Blake3: {'0' * 64}\nContent-Length: {max_block + 1}\n"
+        f"X-Block-Blake3: {'0' * 64}\nContent-Length: {max_block + 1}\n"
     )
     status, rest = await _raw_request(origin_server, head, b"\0" * 1024)
     assert status == 422, rest[:300]

@@ -8,7 +8,8 @@ from cachenet.edge.keys import cache_key, demand_key, edge_knowledge_key, manife
 from cachenet.edge.knowledge.shards import EdgeKnowledge
 from cachenet.knowledge.formats import describe_json
 from cachenet.knowledge.search import MAX_QUERY_BODY_BYTES, query_body_schema
-from cachenet.server.deviceapi import CELL_HEADER
+from cachenet.protocol.headers import CELL_HEADER
+from cachenet.protocol.patterns import ROUTE_COLLECTION
 from cachenet.server.httpbody import read_body
 from cachenet.server.openapi import ApiDoc
 
@@ -19,7 +20,7 @@ def add_knowledge_routes(app: web.Application, doc: ApiDoc) -> None:
     """Register /v1/knowledge/{collection}[/query] on the edge app (after its cache is set)."""
     knowledge = EdgeKnowledge(app[cache_key], app[manifests_key], app[demand_key])
     app[edge_knowledge_key] = knowledge
-    collection = "{collection:[A-Za-z0-9][A-Za-z0-9._-]*}"
+    collection = f"{{collection:{ROUTE_COLLECTION}}}"
     doc.route(
         app.router,
         "GET",
