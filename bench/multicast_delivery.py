@@ -39,7 +39,7 @@ TOKEN: Final = "bench-token"
 DEVICE: Final = """
 import pathlib, sys, time
 from cachenet.cli import main
-import clients.pull, clients.multicast.session
+import clients.puller, clients.multicast.session
 ready, go = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 ready.touch()
 while not go.exists():

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from clients.config import PullSettings
     from clients.loader import RemoteModel, open_model, open_model_async
     from clients.multicast.session import MulticastOptions, MulticastStats
-    from clients.pull import PullReport, pull, pull_sync
+    from clients.puller import PullReport, pull, pull_sync
     from clients.sources import SourceReport
 
 __all__ = (
@@ -29,14 +29,14 @@ __all__ = (
 _HOMES: Final = {
     "MulticastOptions": "clients.multicast.session",
     "MulticastStats": "clients.multicast.session",
-    "PullReport": "clients.pull",
+    "PullReport": "clients.puller",
     "PullSettings": "clients.config",
     "RemoteModel": "clients.loader",
     "SourceReport": "clients.sources",
     "open_model": "clients.loader",
     "open_model_async": "clients.loader",
-    "pull": "clients.pull",
-    "pull_sync": "clients.pull",
+    "pull": "clients.puller",
+    "pull_sync": "clients.puller",
 }
 
 

@@ -113,7 +113,7 @@ def _pull(args: argparse.Namespace) -> int:
     import asyncio
 
     from clients.multicast.session import MulticastOptions
-    from clients.pull import pull
+    from clients.puller import pull
 
     sources = args.sources or [u for u in os.environ.get(SOURCES_ENV, "").split(",") if u.strip()] or [DEFAULT_SOURCE]
     settings = PullSettings(

@@ -29,7 +29,7 @@ from cachenet.names import validate_model_name, validate_revision
 from clients.config import DEFAULT_SETTINGS, PullSettings
 from clients.fetch import BlockFetcher
 from clients.localstore import open_local_store, read_file_range
-from clients.pull import PullReport, fetch_and_write, resolve_model
+from clients.puller import PullReport, fetch_and_write, resolve_model
 from clients.sources import SourcePool
 from clients.tensorfile import (
     TensorFileInfo,

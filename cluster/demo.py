@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cachenet.httpclient import auth_headers, raise_for_status
 from cachenet.units import format_bytes
-from clients.pull import PullReport, pull
+from clients.puller import PullReport, pull
 from cluster.demomodels import REAL_MODEL_NAME, make_lora_adapter, real_model_dir
 from registry.publish import HttpTarget, publish_path
 

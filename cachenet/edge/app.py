@@ -135,7 +135,7 @@ async def _refresh_lookup(app: web.Application) -> None:
             async with cache.session.get(url) as resp:
                 if resp.status == 200:
                     doc = await resp.json()
-                    cache.lookup = {str(k): [str(u) for u in v] for k, v in doc.get("blocks", {}).items()}
+                    cache.upstream.lookup = {str(k): [str(u) for u in v] for k, v in doc.get("blocks", {}).items()}
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as e:
             log.warning("controller %s unreachable, keeping the last lookup table: %r", url, e)
         await asyncio.sleep(settings.lookup_refresh_s)

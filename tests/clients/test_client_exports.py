@@ -12,7 +12,7 @@ MODULES = (
     "loader",
     "localstore",
     "merge",
-    "pull",
+    "puller",
     "sources",
     "tensorfile",
 )
