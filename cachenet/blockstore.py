@@ -76,6 +76,7 @@ class BlockStore:
         self._quarantine_dir = self.root / "quarantine"
         self._blocks_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._lock_fd: int | None = None
         self._sizes: dict[str, int] = {}
         self._used = 0
         self._reserved = 0
@@ -83,7 +84,7 @@ class BlockStore:
 
     def close(self) -> None:
         """Release the store's lock (the process exiting does the same)."""
-        if getattr(self, "_lock_fd", None) is not None:
+        if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
 
@@ -307,13 +308,14 @@ class BlockStore:
         another process may be writing, and only temporary files older than
         `STALE_TEMP_S` are deleted.
         """
-        self._lock_fd: int | None = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        lock_fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        self._lock_fd = lock_fd
         try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             alone = True
         except BlockingIOError:
             alone = False
-        fcntl.flock(self._lock_fd, fcntl.LOCK_SH)  # downgrade: other processes may join now
+        fcntl.flock(lock_fd, fcntl.LOCK_SH)  # downgrade: other processes may join now
         cutoff = time.time() - STALE_TEMP_S
         for path in self._blocks_dir.glob("*/*/*"):
             name = path.name

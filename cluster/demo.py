@@ -56,11 +56,11 @@ async def run_demo(
                     break
             await asyncio.sleep(0.1)
     device_dir = work_dir / "device"
-    folder = await asyncio.to_thread(
-        snapshot_download, REAL_MODEL_NAME, endpoint=edge_url, cache_dir=device_dir / "hf-cache"
+    snapshot: str = await asyncio.to_thread(
+        lambda: snapshot_download(REAL_MODEL_NAME, endpoint=edge_url, cache_dir=device_dir / "hf-cache")
     )
     identical = all(
-        hashlib.sha256((Path(folder) / rel).read_bytes()).hexdigest()
+        hashlib.sha256((Path(snapshot) / rel).read_bytes()).hexdigest()
         == hashlib.sha256((real_model_dir() / rel).read_bytes()).hexdigest()
         for rel in ("model.safetensors", "config.json", "tokenizer.json")
     )
@@ -72,7 +72,7 @@ async def run_demo(
         f"placement (TrimCaching, {run['solver']}): expected hit ratio {run['hit_ratio']:.3f}, "
         f"bytes moved to the edge nodes {format_bytes(run['bytes_moved'])}",
         f"device pull of {REAL_MODEL_NAME} from edge node {edge_url} (Hugging Face API): "
-        f"{'byte-identical' if identical else 'MISMATCH'} ({folder})",
+        f"{'byte-identical' if identical else 'MISMATCH'} ({snapshot})",
         multicast["line"],
         f"dashboard: {controller_url}/ (data: {controller_url}/v1/cluster, {controller_url}/v1/runs)",
     ]

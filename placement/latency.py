@@ -12,7 +12,7 @@ store-and-forward), computed with Dijkstra in networkx. Unreachable servers get 
 """
 
 import math
-from typing import Final
+from typing import Any, Final
 
 import networkx as nx
 import numpy as np
@@ -76,7 +76,8 @@ def latency_matrix(topology: Topology, model_sizes: np.ndarray, *, seed: int | N
     sizes = np.asarray(model_sizes, dtype=float)
     rates = wireless_rates(topology, seed=seed)
     per_byte = _per_byte(topology, rates)
-    return sizes[None, :, None] * per_byte[:, None, :] + topology.overhead_s
+    delays: np.ndarray[Any, np.dtype[Any]] = sizes[None, :, None] * per_byte[:, None, :] + topology.overhead_s
+    return delays
 
 
 def eligible_mask(

@@ -380,8 +380,8 @@ def _coalesce(
             members.append([])
         members[g].append(block)
     per_model: list[list[int]] = [[] for _ in names]
-    for users, g in group_of.items():
-        for i in users:
+    for group_users, g in group_of.items():
+        for i in group_users:
             per_model[i].append(g)
     return (
         names,

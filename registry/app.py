@@ -2,10 +2,10 @@
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from cachenet.blockstore import BlockStore
@@ -78,7 +78,7 @@ async def _add_stale_ref_header(request: web.Request, resp: web.StreamResponse) 
         resp.headers[STALE_REF_HEADER] = stale
 
 
-def _request_counter(registry: CollectorRegistry) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def _request_counter(registry: CollectorRegistry) -> Middleware:
     requests = Counter("cachenet_http_requests", "HTTP requests served, by method", ["method"], registry=registry)
 
     @web.middleware

@@ -218,7 +218,7 @@ class Catalogue:
     def _publish_once(
         self,
         manifest: ModelManifest,
-        tag: str,
+        tag: str | None,
         blocks: dict[str, Any],
         source: str,
         upstream: str | None,

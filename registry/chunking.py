@@ -213,7 +213,7 @@ def _sha256(view: memoryview) -> str:
     return h.hexdigest()
 
 
-def _peek_header_len(buf: bytes | memoryview | mmap.mmap) -> int:
+def _peek_header_len(buf: bytes | bytearray | memoryview | mmap.mmap) -> int:
     if len(buf) < 8:
         return 0
     return int.from_bytes(bytes(buf[:8]), "little")

@@ -171,7 +171,8 @@ class UpstreamHub:
                     raise ModelNotFound(f"upstream {self.url} has no {path} (HTTP {resp.status})", upstream=self.url)
                 await raise_for_status(resp)
                 doc = await resp.json()
-                nxt = resp.links.get("next", {}).get("url")
+                link = resp.links.get("next")
+                nxt = None if link is None else link.get("url")
                 return doc, None if nxt is None else str(nxt)
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             raise self._unreachable(e) from e

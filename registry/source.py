@@ -6,7 +6,7 @@ from typing import Any
 from cachenet.blockid import validate_block_id
 from cachenet.blockstore import BlockStore
 from cachenet.manifest import FileManifest, ModelManifest
-from cachenet.server.deviceapi import LocalBlock
+from cachenet.server.deviceapi import LocalBlock, StreamingFile
 from cachenet.server.filesend import Pacer
 from registry.catalogue import Catalogue
 from registry.mirror import Mirror
@@ -34,7 +34,9 @@ class OriginSource:
             return await self.mirror.manifest(name, revision)
         return await asyncio.to_thread(self.catalogue.manifest, name, revision)
 
-    async def resolve_file(self, name: str, revision: str, path: str) -> tuple[ModelManifest, FileManifest]:
+    async def resolve_file(
+        self, name: str, revision: str, path: str
+    ) -> tuple[ModelManifest, FileManifest | StreamingFile]:
         """A file of a revision; a mirror fetches only that file when the revision is new."""
         if self.mirror is not None:
             return await self.mirror.resolve_file(name, revision, path)

@@ -49,7 +49,7 @@ class DemandStats:
                 del self._counts[(model, revision, cell)]
                 continue
             rows.append({"model": model, "revision": revision, "cell": cell or None, "count": value})
-        rows.sort(key=lambda r: -r["count"])
+        rows.sort(key=lambda r: -float(r["count"] or 0.0))
         return rows
 
     def per_model(self) -> dict[str, float]:

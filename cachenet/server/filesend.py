@@ -53,7 +53,7 @@ async def send_file_range(
     if zero_copy and transport is not None and sock is not None:
         writer = resp._payload_writer  # noqa: SLF001 - the only way to flush buffered headers
         if writer is not None:
-            writer.send_headers()  # type: ignore[attr-defined]
+            writer.send_headers()
         while transport.get_write_buffer_size() > 0:
             if transport.is_closing():
                 raise ConnectionResetError("connection closed")

@@ -80,8 +80,8 @@ def _greedy(problem: PlacementProblem, *, method: Method, full: bool) -> tuple[l
     blocks_of = [np.array(b, dtype=np.int64) for b in problem.model_blocks]
     models_of: list[list[int]] = [[] for _ in range(len(block_sizes))]
     for i, blocks in enumerate(problem.model_blocks):
-        for g in blocks:
-            models_of[g].append(i)
+        for block in blocks:
+            models_of[block].append(i)
     remaining = np.array(problem.capacities, dtype=np.int64)
     has = np.zeros((n_servers, len(block_sizes)), dtype=bool)
     placed = np.zeros((n_servers, n_models), dtype=bool)

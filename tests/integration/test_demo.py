@@ -11,7 +11,7 @@ def _free_port_block(n: int) -> int:
     for _ in range(50):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
+            base = int(s.getsockname()[1])
         if base + n < 65000 and all(_free(base + i) for i in range(n)):
             return base
     raise RuntimeError("no free port block")

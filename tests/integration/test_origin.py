@@ -5,6 +5,7 @@ Every test runs with the catalogue on SQLite and on PostgreSQL.
 
 import asyncio
 import hashlib
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -154,8 +155,8 @@ async def test_manifest_naming_missing_blocks_is_refused(origin_server: TestServ
 
 async def test_origin_restarted_on_the_same_data_serves_everything(
     origin_settings: OriginSettings,
-    aiohttp_server,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+    tmp_path: Path,
 ) -> None:
     from registry.app import create_app
 

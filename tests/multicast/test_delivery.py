@@ -19,7 +19,7 @@ from cachenet.edge.multicast.routes import hub_key
 from cachenet.errors import UpstreamUnavailable
 from cachenet.multicast.sockets import open_sender
 from cachenet.multicast.wire import encode_piece
-from clients import PullSettings, pull
+from clients import PullReport, PullSettings, pull
 from clients.multicast.session import MulticastOptions
 from registry.keys import catalogue_key
 from tests.clients.support import file_hashes, publish, url_of
@@ -185,15 +185,18 @@ async def test_a_device_that_cannot_join_the_group_gets_everything_by_unicast(
     names = list(variants)
     edge = await _edge(edge_factory, origin_server, multicast_window_s=0.5)
     # 192.0.2.77 (TEST-NET-1) is no interface of this machine: joining a group there fails.
-    ok, stranded, strict = await asyncio.gather(
+    results: list[PullReport | BaseException] = await asyncio.gather(
         _pull(edge, names[0], tmp_path, "ok"),
         _pull(edge, names[1], tmp_path, "stranded", mode="auto", interface="192.0.2.77"),
         _pull(edge, names[2], tmp_path, "strict", interface="192.0.2.77"),
         return_exceptions=True,
     )
+    ok, stranded, strict = results
+    assert isinstance(ok, PullReport) and isinstance(stranded, PullReport), (ok, stranded)
+    assert ok.multicast is not None and stranded.multicast is not None
     assert file_hashes(tmp_path / "out" / "ok") == _expected_files(variants[names[0]])
     assert file_hashes(tmp_path / "out" / "stranded") == _expected_files(variants[names[1]])
-    assert stranded.multicast.session is None and "cannot join" in stranded.multicast.fallback
+    assert stranded.multicast.session is None and "cannot join" in (stranded.multicast.fallback or "")
     assert stranded.fetched_bytes == stranded.needed_bytes
     assert isinstance(strict, UpstreamUnavailable) and "multicast was required" in str(strict)
     assert ok.multicast.session is not None
@@ -206,7 +209,7 @@ async def test_a_lone_device_is_planned_unicast_and_the_origin_offers_no_multica
     name = next(iter(variants))
     edge = await _edge(edge_factory, origin_server, multicast_window_s=0.05)
     alone = await _pull(edge, name, tmp_path, "alone")
-    assert alone.multicast.session is None and "planned unicast" in alone.multicast.fallback
+    assert alone.multicast.session is None and "planned unicast" in (alone.multicast.fallback or "")
     assert file_hashes(tmp_path / "out" / "alone") == _expected_files(variants[name])
     assert metric(edge, "cachenet_edge_egress_bytes_total", kind="unicast") == alone.fetched_bytes
     with pytest.raises(UpstreamUnavailable, match="no source announces multicast"):
@@ -218,6 +221,7 @@ async def test_a_lone_device_is_planned_unicast_and_the_origin_offers_no_multica
         settings=FAST,
         progress=False,
     )
+    assert auto.multicast is not None
     assert auto.fetched_bytes == auto.needed_bytes and auto.multicast.session is None
 
 

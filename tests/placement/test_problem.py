@@ -58,7 +58,7 @@ def test_check_feasible_rejects_over_capacity() -> None:
     both = _placement({"s1": ("a", "b")}, {"s1": ("bb", "la", "lb")})
     with pytest.raises(PlacementInfeasible, match="over its capacity") as e:
         check_feasible(problem, both)
-    assert e.value.node_id == "s1"
+    assert e.value.attrs["node_id"] == "s1"
 
 
 def test_check_feasible_rejects_missing_block_and_unknown_ids() -> None:

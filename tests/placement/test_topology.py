@@ -93,7 +93,7 @@ def test_invalid_topology_names_the_field(edit: object, field: str) -> None:
     edit(data)  # type: ignore[operator]
     with pytest.raises(TopologyInvalid) as e:
         parse_topology(data)
-    assert e.value.field == field
+    assert e.value.attrs["field"] == field
 
 
 def test_load_topology_reports_bad_yaml(tmp_path: Path) -> None:
