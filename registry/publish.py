@@ -25,6 +25,8 @@ from cachenet.errors import BadInput, ModelNotFound
 from cachenet.httpclient import DEFAULT_TIMEOUT, auth_headers, raise_for_status
 from cachenet.manifest import BaseRef, BlockRef, ModelManifest
 from cachenet.names import parse_model_ref, validate_model_name
+from cachenet.protocol.blocks import MissingAnswer, MissingQuery
+from cachenet.protocol.codec import decode_json, encode_json
 from cachenet.protocol.headers import BLAKE3_HEADER
 from registry.catalogue import Catalogue
 from registry.chunking import DEFAULT_MAX_BLOCK_BYTES, CutFile, cut_file, list_folder_files
@@ -36,6 +38,7 @@ __all__ = ("HttpTarget", "LocalTarget", "PublishReport", "PublishTarget", "open_
 
 UPLOAD_CONCURRENCY: Final = 4
 _UPLOAD_PIECE_BYTES: Final = 1024 * 1024
+_JSON: Final = {"Content-Type": "application/json"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,9 +153,10 @@ class HttpTarget:
 
     async def missing(self, block_ids: list[str]) -> set[str]:
         """Ask the origin which blocks it lacks."""
-        async with self.session.post(f"{self.url}/v1/blocks/missing", json={"block_ids": block_ids}) as resp:
+        query = encode_json(MissingQuery(block_ids))
+        async with self.session.post(f"{self.url}/v1/blocks/missing", data=query, headers=_JSON) as resp:
             await raise_for_status(resp)
-            return set((await resp.json())["missing"])
+            return set(decode_json(await resp.read(), MissingAnswer, what="the origin's missing-blocks answer").missing)
 
     async def upload(self, ref: BlockRef, data: memoryview) -> None:
         """PUT one block with its BLAKE3 digest."""

@@ -10,9 +10,10 @@ from cachenet.blockid import validate_blake3, validate_block_id
 from cachenet.errors import BadInput, BlockCorrupt, ManifestInvalid
 from cachenet.manifest import BlockRef, ModelManifest
 from cachenet.names import validate_model_name, validate_revision
+from cachenet.protocol.blocks import MissingAnswer, MissingQuery, PublishAnswer, UploadAnswer
 from cachenet.protocol.headers import BLAKE3_HEADER
 from cachenet.protocol.patterns import ROUTE_MODEL_NAME
-from cachenet.server.httpbody import read_body
+from cachenet.server.httpbody import message_response, read_body, read_message
 from cachenet.server.middlewares import require_token
 from cachenet.server.openapi import ApiDoc
 from registry.intake import check_no_collision, missing_blocks
@@ -20,7 +21,6 @@ from registry.keys import catalogue_key, settings_key, store_key
 
 __all__ = ("add_operator_routes",)
 
-MAX_MISSING_QUERY_IDS = 100_000
 MAX_PLACEMENT_RUN_BYTES = 16 * 1024 * 1024
 MAX_PLACEMENT_RUNS_LISTED = 1000
 _READ_BYTES = 1024 * 1024
@@ -36,20 +36,8 @@ def add_operator_routes(app: web.Application, doc: ApiDoc) -> None:
         missing,
         operator=True,
         summary="Which of these block ids the origin lacks",
-        body={
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["block_ids"],
-                    "properties": {"block_ids": {"type": "array", "items": {"type": "string"}}},
-                }
-            }
-        },
-        schema={
-            "type": "object",
-            "required": ["missing"],
-            "properties": {"missing": {"type": "array", "items": {"type": "string"}}},
-        },
+        body=MissingQuery,
+        schema=MissingAnswer,
     )
     doc.route(
         r,
@@ -60,11 +48,7 @@ def add_operator_routes(app: web.Application, doc: ApiDoc) -> None:
         summary="Upload one block (verified against its id and the X-Block-Blake3 header)",
         body={"application/octet-stream": {}},
         responses={201: "stored", 200: "already stored"},
-        schema={
-            "type": "object",
-            "required": ["block_id", "stored"],
-            "properties": {"block_id": {"type": "string"}, "stored": {"type": "boolean"}},
-        },
+        schema=UploadAnswer,
     )
     doc.route(
         r,
@@ -76,18 +60,7 @@ def add_operator_routes(app: web.Application, doc: ApiDoc) -> None:
         query={"tag": {"type": "string"}},
         body={"application/json": {"schema": {"type": "object"}}},
         responses={201: "published", 200: "already published (the tag moved to it)"},
-        schema={
-            "type": "object",
-            "required": ["name", "revision", "tag", "total_bytes", "unique_bytes", "created"],
-            "properties": {
-                "name": {"type": "string"},
-                "revision": {"type": "string"},
-                "tag": {"type": "string"},
-                "total_bytes": {"type": "integer"},
-                "unique_bytes": {"type": "integer"},
-                "created": {"type": "boolean"},
-            },
-        },
+        schema=PublishAnswer,
     )
     doc.route(
         r,
@@ -144,14 +117,9 @@ async def missing(request: web.Request) -> web.Response:
     """POST /v1/blocks/missing {"block_ids": [...]} → {"missing": [...]}."""
     app = request.app
     require_token(request, app[settings_key].token)
-    doc = await _json_body(request, limit=64 * 1024 * 1024)
-    ids = doc.get("block_ids") if isinstance(doc, dict) else None
-    if not isinstance(ids, list) or len(ids) > MAX_MISSING_QUERY_IDS:
-        raise BadInput(f"body must be {{'block_ids': [...]}} with at most {MAX_MISSING_QUERY_IDS} ids")
-    for b in ids:
-        validate_block_id(b)
-    result = await asyncio.to_thread(missing_blocks, app[store_key], app[catalogue_key], ids)
-    return web.json_response({"missing": result})
+    query = await read_message(request, MissingQuery, limit=64 * 1024 * 1024)
+    result = await asyncio.to_thread(missing_blocks, app[store_key], app[catalogue_key], query.block_ids)
+    return message_response(MissingAnswer(result))
 
 
 async def upload_block(request: web.Request) -> web.Response:
@@ -171,7 +139,7 @@ async def upload_block(request: web.Request) -> web.Response:
     await asyncio.to_thread(check_no_collision, catalogue, ref)
     if store.has(block_id):
         await asyncio.to_thread(catalogue.record_block, block_id, blake3, size)
-        return web.json_response({"block_id": block_id, "stored": False}, status=200)
+        return message_response(UploadAnswer(block_id, stored=False))
     writer = await asyncio.to_thread(store.writer, block_id, blake3=blake3, expected_size=size)
     try:
         received = 0
@@ -185,7 +153,7 @@ async def upload_block(request: web.Request) -> web.Response:
     finally:
         writer.abort()
     await asyncio.to_thread(catalogue.record_block, block_id, blake3, size)
-    return web.json_response({"block_id": block_id, "stored": created}, status=201 if created else 200)
+    return message_response(UploadAnswer(block_id, stored=created), status=201 if created else 200)
 
 
 async def publish(request: web.Request) -> web.Response:
@@ -201,15 +169,10 @@ async def publish(request: web.Request) -> web.Response:
     tag = request.query.get("tag", "main")
     store, catalogue = app[store_key], app[catalogue_key]
     result = await asyncio.to_thread(catalogue.publish, manifest, tag=tag, is_stored=store.has)
-    body: dict[str, Any] = {
-        "name": result.name,
-        "revision": result.revision,
-        "tag": result.tag,
-        "total_bytes": result.total_bytes,
-        "unique_bytes": result.unique_bytes,
-        "created": result.created,
-    }
-    return web.json_response(body, status=201 if result.created else 200)
+    answer = PublishAnswer(
+        result.name, result.revision, result.tag, result.total_bytes, result.unique_bytes, result.created
+    )
+    return message_response(answer, status=201 if result.created else 200)
 
 
 async def sharing(request: web.Request) -> web.Response:

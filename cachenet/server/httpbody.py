@@ -1,10 +1,15 @@
-"""Reading a request body whole, up to a limit, refusing anything bigger before it is all read."""
+"""Request and response bodies: reading a body whole up to a limit, wire messages in and out."""
+
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from cachenet.errors import BadInput
+from cachenet.protocol.codec import decode_json, encode_json
 
-__all__ = ("read_body",)
+__all__ = ("message_response", "read_body", "read_message")
+
+T = TypeVar("T")
 
 
 async def read_body(request: web.Request, *, limit: int) -> bytes:
@@ -24,3 +29,13 @@ async def read_body(request: web.Request, *, limit: int) -> bytes:
     if len(data) > limit:
         raise BadInput(f"body is over the {limit}-byte limit")
     return bytes(data)
+
+
+async def read_message(request: web.Request, into: type[T], *, limit: int) -> T:
+    """The request body as a validated message of type `into`; raises `BadInput`."""
+    return decode_json(await read_body(request, limit=limit), into, what=f"{request.method} {request.path} body")
+
+
+def message_response(message: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON response whose body is `message` (a Struct, or lists/dicts of them)."""
+    return web.Response(body=encode_json(message), status=status, content_type="application/json", headers=headers)

@@ -7,6 +7,7 @@ from typing import Any, Final
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from cachenet.protocol.codec import schema_components
 from cachenet.protocol.patterns import BLOCK_ID, MODEL_NAME, REVISION, schema_pattern
 
 __all__ = ("ApiDoc", "error_schema")
@@ -37,6 +38,7 @@ class ApiDoc:
     title: str
     version: str = "1"
     paths: dict[str, dict[str, Any]] = field(default_factory=dict)
+    schemas: dict[str, Any] = field(default_factory=dict)
 
     def route(
         self,
@@ -48,18 +50,24 @@ class ApiDoc:
         summary: str,
         operator: bool = False,
         query: dict[str, dict[str, Any]] | None = None,
-        body: dict[str, Any] | None = None,
+        body: dict[str, Any] | type | Any | None = None,
         responses: dict[int, str] | None = None,
         content: str = "application/json",
-        schema: dict[str, Any] | None = None,
+        schema: dict[str, Any] | type | Any | None = None,
         errors: dict[int, str] | None = None,
     ) -> None:
         """Register `handler` on `router` and describe it.
 
-        `schema` describes the JSON body of the 2xx responses; every route also documents
-        the error statuses it can answer (`errors` adds route-specific ones) with the JSON
-        error body.
+        `schema` describes the JSON body of the 2xx responses and `body` the request body:
+        either a message type (a msgspec Struct, or a list of them: its schema is generated
+        and its parts become shared components) or, for non-JSON content, a hand-written
+        OpenAPI content map. Every route also documents the error statuses it can answer
+        (`errors` adds route-specific ones) with the JSON error body.
         """
+        if body is not None and not isinstance(body, dict):
+            body = {"application/json": {"schema": self._schema_of(body)}}
+        if schema is not None and not isinstance(schema, dict):
+            schema = self._schema_of(schema)
         router.add_route(method, path, handler)
         params: list[dict[str, Any]] = [
             {"name": name, "in": "path", "required": True, "schema": _PATH_PARAM_SCHEMAS.get(name, {"type": "string"})}
@@ -97,7 +105,10 @@ class ApiDoc:
             "openapi": "3.1.0",
             "info": {"title": self.title, "version": self.version},
             "paths": self.paths,
-            "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+            "components": {
+                "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+                "schemas": self.schemas,
+            },
         }
 
     def operator_routes(self) -> list[tuple[str, str]]:
@@ -108,6 +119,11 @@ class ApiDoc:
             for method, op in ops.items()
             if op.get("security")
         ]
+
+    def _schema_of(self, message_type: Any) -> dict[str, Any]:
+        (ref,), components = schema_components([message_type])
+        self.schemas.update(components)
+        return ref
 
     async def handle(self, request: web.Request) -> web.Response:
         """GET /openapi.json."""
