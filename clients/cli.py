@@ -149,7 +149,9 @@ def _pull(args: argparse.Namespace) -> int:
 def _rag_query(args: argparse.Namespace) -> int:
     import asyncio
 
-    from clients.knowledge.client import AnswerInfo, KnowledgeClient
+    from cachenet.protocol.codec import encode_json
+    from cachenet.protocol.knowledge import AnswerInfo
+    from clients.knowledge.client import KnowledgeClient
 
     source = args.source or os.environ.get("CACHENET_RAG_SOURCE") or DEFAULT_SOURCE
 
@@ -166,10 +168,10 @@ def _rag_query(args: argparse.Namespace) -> int:
 
     answer = asyncio.run(run())
     if args.json:
-        print(json.dumps(answer.to_json(), indent=2))
+        print(json.dumps(json.loads(encode_json(answer)), indent=2))
         return 0
     print(f"{answer.collection}@{answer.revision[:12]}: {answer.served} by {answer.node}, shards {list(answer.shards)}")
-    for rank, hit in enumerate(answer.hits, start=1):
+    for rank, hit in enumerate(answer.results, start=1):
         text = " ".join(hit.text.split())
         excerpt = text if len(text) <= _EXCERPT_CHARS else text[: _EXCERPT_CHARS - 1] + "…"
         print(f"{rank:3}. {hit.score:.4f}  {hit.source}#{hit.position}  {excerpt}")

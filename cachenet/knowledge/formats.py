@@ -24,7 +24,7 @@ import json
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +32,7 @@ import numpy.typing as npt
 from cachenet.errors import BadInput, ManifestInvalid
 from cachenet.manifest import BlockRef, ModelManifest, canonical_json
 from cachenet.names import validate_model_name
+from cachenet.protocol.knowledge import CollectionInfo, ShardSummary
 
 __all__ = (
     "ChunkInfo",
@@ -47,7 +48,7 @@ __all__ = (
     "collection_model_name",
     "decode_index",
     "decode_shard",
-    "describe_json",
+    "describe",
     "encode_index",
     "encode_shard",
     "index_ref",
@@ -261,21 +262,19 @@ def index_ref(manifest: ModelManifest) -> BlockRef:
     return f.blocks[0]
 
 
-def describe_json(manifest: ModelManifest, index: IndexInfo) -> dict[str, Any]:
-    """A collection's description (index summary) as JSON."""
-    return {
-        "collection": index.collection,
-        "name": manifest.name,
-        "revision": manifest.revision,
-        "model": index.model,
-        "dims": index.dims,
-        "chunks": index.chunks,
-        "chunk_size": index.chunk_size,
-        "overlap": index.overlap,
-        "default_nprobe": index.default_nprobe,
-        "bytes": index.total_bytes,
-        "shards": [
-            {"shard": i, "path": s.path, "block_id": s.block_id, "size": s.size, "count": s.count}
-            for i, s in enumerate(index.shards)
-        ],
-    }
+def describe(manifest: ModelManifest, index: IndexInfo, *, held: list[int] | None = None) -> CollectionInfo:
+    """A collection's description (index summary); an edge node names the shards it holds."""
+    return CollectionInfo(
+        collection=index.collection,
+        name=manifest.name,
+        revision=manifest.revision,
+        model=index.model,
+        dims=index.dims,
+        chunks=index.chunks,
+        chunk_size=index.chunk_size,
+        overlap=index.overlap,
+        default_nprobe=index.default_nprobe,
+        shards=[ShardSummary(i, s.path, s.block_id, s.size, s.count) for i, s in enumerate(index.shards)],
+        total_bytes=index.total_bytes,
+        held=held,
+    )

@@ -12,67 +12,28 @@ the embedding model allow (see bench/rag_search.py), so no approximate graph ind
 (HNSW) or extra dependency (faiss) is needed.
 """
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 
 from cachenet.errors import BadInput
 from cachenet.knowledge.formats import IndexInfo, Shard, Vectors
-from cachenet.names import validate_revision
+from cachenet.protocol.codec import decode_json
+from cachenet.protocol.knowledge import AnswerInfo, HitInfo, QueryBody
 
 __all__ = (
-    "DEFAULT_K",
-    "HitInfo",
-    "MAX_K",
     "MAX_QUERY_BODY_BYTES",
     "QueryInfo",
-    "answer_json",
     "decode_query_body",
+    "make_answer",
     "parse_query",
-    "query_body_schema",
     "route_query",
     "search_shards",
 )
 
-DEFAULT_K: Final = 10
-MAX_K: Final = 1000
-MAX_QUERY_TEXT_CHARS: Final = 8192
 MAX_QUERY_BODY_BYTES: Final = 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class HitInfo:
-    """One search result: a chunk, its score (inner product) and where it lives."""
-
-    text: str
-    score: float
-    source: str
-    position: int
-    shard: int
-
-    def to_json(self) -> dict[str, Any]:
-        """The hit as JSON."""
-        return {
-            "text": self.text,
-            "score": self.score,
-            "source": self.source,
-            "position": self.position,
-            "shard": self.shard,
-        }
-
-    @classmethod
-    def from_json(cls, doc: Mapping[str, Any]) -> "HitInfo":
-        """Parse a hit sent by a server."""
-        return cls(
-            str(doc["text"]),
-            float(doc["score"]),
-            str(doc["source"]),
-            int(doc["position"]),
-            int(doc["shard"]),
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,30 +48,20 @@ class QueryInfo:
     revision: str = "main"
 
 
-def parse_query(doc: object, *, dims: int | None = None) -> QueryInfo:
-    """Validate a query body {"text" | "embedding", "k", "nprobe", "deadline_ms", "revision"}.
+def parse_query(body: QueryBody, *, dims: int | None = None) -> QueryInfo:
+    """The validated query of a decoded body: exactly one of text or embedding, a usable vector.
 
-    Raises `BadInput` (or `InvalidName` for a malformed revision).
+    Raises `BadInput`.
     """
-    if not isinstance(doc, dict):
-        raise BadInput("a query is a JSON object with 'text' or 'embedding'")
-    text, embedding = doc.get("text"), doc.get("embedding")
-    if (text is None) == (embedding is None):
+    if (body.text is None) == (body.embedding is None):
         raise BadInput("give exactly one of 'text' or 'embedding'")
+    if body.text is not None and not body.text.strip():
+        raise BadInput("'text' must not be blank")
     vec: Vectors | None = None
-    if text is not None and (not isinstance(text, str) or not text.strip() or len(text) > MAX_QUERY_TEXT_CHARS):
-        raise BadInput(f"'text' must be a non-empty string of at most {MAX_QUERY_TEXT_CHARS} characters")
-    if embedding is not None:
-        if not isinstance(embedding, list) or not all(
-            isinstance(x, int | float) and not isinstance(x, bool) for x in embedding
-        ):
-            raise BadInput("'embedding' must be a list of numbers")
-        try:
-            wide = np.asarray(embedding, dtype=np.float64)
-        except OverflowError:
-            raise BadInput("'embedding' values must be finite float32 numbers") from None
+    if body.embedding is not None:
+        wide = np.asarray(body.embedding, dtype=np.float64)
         # Beyond float32's range the cast would overflow to inf (issue #9's schemathesis run found 1e300).
-        if not np.all(np.isfinite(wide)) or (wide.size and np.abs(wide).max() > np.finfo(np.float32).max):
+        if not np.all(np.isfinite(wide)) or np.abs(wide).max() > np.finfo(np.float32).max:
             raise BadInput("'embedding' values must be finite float32 numbers")
         vec = wide.astype(np.float32)
         if dims is not None and vec.shape != (dims,):
@@ -119,45 +70,14 @@ def parse_query(doc: object, *, dims: int | None = None) -> QueryInfo:
         if not np.isfinite(norm) or norm == 0.0:
             raise BadInput("'embedding' must be finite and non-zero")
         vec = (vec / np.float32(norm)).astype(np.float32)
-    k = _int_field(doc, "k", DEFAULT_K, 1, MAX_K)
-    nprobe = _int_field(doc, "nprobe", None, 1, 1 << 20)
-    deadline = doc.get("deadline_ms")
-    if deadline is not None and (
-        not isinstance(deadline, int | float) or isinstance(deadline, bool) or not 0 < deadline < 1e9
-    ):
-        raise BadInput(f"'deadline_ms' must be a positive number of milliseconds, got {deadline!r}")
-    revision = validate_revision(doc.get("revision") or "main")
-    return QueryInfo(text, vec, k, nprobe, None if deadline is None else float(deadline), revision)
+    return QueryInfo(body.text, vec, body.k, body.nprobe, body.deadline_ms, body.revision)
 
 
 def decode_query_body(data: bytes) -> QueryInfo:
     """Parse a query request body (JSON bytes, at most MAX_QUERY_BODY_BYTES); raises `BadInput`."""
     if len(data) > MAX_QUERY_BODY_BYTES:
         raise BadInput(f"query body is over the {MAX_QUERY_BODY_BYTES}-byte limit")
-    try:
-        doc = json.loads(data)
-    except (ValueError, RecursionError) as e:  # bad UTF-8/JSON, huge integers, deep nesting
-        raise BadInput(f"query body is not JSON: {e}") from None
-    return parse_query(doc)
-
-
-def query_body_schema() -> dict[str, Any]:
-    """OpenAPI request body of a knowledge query (the origin's and edge nodes')."""
-    return {
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "properties": {
-                    "text": {"type": "string"},
-                    "embedding": {"type": "array", "items": {"type": "number"}},
-                    "k": {"type": "integer", "minimum": 1, "maximum": MAX_K},
-                    "nprobe": {"type": "integer", "minimum": 1},
-                    "deadline_ms": {"type": "number"},
-                    "revision": {"type": "string"},
-                },
-            }
-        }
-    }
+    return parse_query(decode_json(data, QueryBody, what="the query"))
 
 
 def route_query(index: IndexInfo, query: Vectors, nprobe: int | None) -> tuple[int, ...]:
@@ -204,7 +124,7 @@ def search_shards(shards: Mapping[int, Shard], query: Vectors, k: int) -> list[H
     return hits
 
 
-def answer_json(
+def make_answer(
     index: IndexInfo,
     revision: str,
     probe: Sequence[int],
@@ -212,24 +132,15 @@ def answer_json(
     *,
     served: str,
     node: str,
-) -> dict[str, Any]:
-    """The JSON answer to a query (the same shape from the origin and from edge nodes)."""
-    return {
-        "collection": index.collection,
-        "revision": revision,
-        "model": index.model,
-        "nprobe": len(probe),
-        "shards": list(probe),
-        "served": served,
-        "node": node,
-        "results": [h.to_json() for h in hits],
-    }
-
-
-def _int_field(doc: Mapping[str, Any], key: str, default: int | None, lo: int, hi: int) -> Any:
-    value = doc.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise BadInput(f"{key!r} must be an integer from {lo} to {hi}, got {value!r}")
-    return value
+) -> AnswerInfo:
+    """The answer to a query (the same shape from the origin and from edge nodes)."""
+    return AnswerInfo(
+        collection=index.collection,
+        revision=revision,
+        model=index.model,
+        nprobe=len(probe),
+        shards=list(probe),
+        served=served,
+        node=node,
+        results=list(hits),
+    )

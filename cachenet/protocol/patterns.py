@@ -40,5 +40,8 @@ def anchored(pattern: str) -> re.Pattern[str]:
 
 
 def schema_pattern(pattern: str) -> str:
-    """The JSON-schema (ECMA 262) form of a pattern."""
-    return f"^(?:{pattern})$"
+    """The JSON-schema form of a pattern, valid in ECMA 262 and in Python's `re.search` (msgspec).
+
+    `(?!\\n)` keeps Python's "$" from accepting a trailing newline; in ECMA it changes nothing.
+    """
+    return f"^(?:{pattern})$(?!\\n)"

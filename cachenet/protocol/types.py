@@ -1,7 +1,6 @@
 """Constrained field types shared by wire messages (ids, digests, names), with their JSON-schema patterns.
 
-The length bounds matter: msgspec checks patterns with `re.search`, where "$" also matches before
-a trailing newline; a fixed length leaves no room for one.
+msgspec checks patterns with `re.search`; `schema_pattern` keeps "$" from accepting a trailing newline.
 """
 
 from typing import Annotated, Final
@@ -10,7 +9,14 @@ import msgspec
 
 from cachenet.protocol.patterns import BLAKE3, BLOCK_ID, COMMIT, schema_pattern
 
-__all__ = ("MAX_TEXT_CHARS", "Blake3", "BlockId", "Commit", "PositiveInt", "ShortText")
+__all__ = (
+    "Blake3",
+    "BlockId",
+    "Commit",
+    "MAX_TEXT_CHARS",
+    "PositiveInt",
+    "ShortText",
+)
 
 MAX_TEXT_CHARS: Final = 256
 

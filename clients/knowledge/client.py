@@ -1,7 +1,6 @@
 """The RAG client: top-k queries to the origin or an edge node, optionally embedding locally."""
 
 import asyncio
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
@@ -11,49 +10,12 @@ from cachenet.errors import BadInput
 from cachenet.httpclient import DEFAULT_TIMEOUT, raise_for_status
 from cachenet.knowledge.embedder import load_embedder
 from cachenet.knowledge.formats import collection_model_name
-from cachenet.knowledge.search import DEFAULT_K, HitInfo
+from cachenet.protocol.codec import decode_json, encode_json
 from cachenet.protocol.headers import CELL_HEADER
+from cachenet.protocol.knowledge import DEFAULT_K, AnswerInfo, CollectionInfo, QueryBody
 from clients.config import DEFAULT_SOURCE
 
-__all__ = ("AnswerInfo", "KnowledgeClient", "query_sync")
-
-
-@dataclass(frozen=True, slots=True)
-class AnswerInfo:
-    """A query's answer: the hits, best first, and how the server answered."""
-
-    collection: str
-    revision: str
-    served: str
-    node: str
-    nprobe: int
-    shards: tuple[int, ...]
-    hits: tuple[HitInfo, ...]
-
-    @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> "AnswerInfo":
-        """Parse a server's answer."""
-        return cls(
-            str(doc["collection"]),
-            str(doc["revision"]),
-            str(doc["served"]),
-            str(doc["node"]),
-            int(doc["nprobe"]),
-            tuple(int(s) for s in doc["shards"]),
-            tuple(HitInfo.from_json(h) for h in doc["results"]),
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        """The answer as JSON."""
-        return {
-            "collection": self.collection,
-            "revision": self.revision,
-            "served": self.served,
-            "node": self.node,
-            "nprobe": self.nprobe,
-            "shards": list(self.shards),
-            "results": [h.to_json() for h in self.hits],
-        }
+__all__ = ("KnowledgeClient", "query_sync")
 
 
 class KnowledgeClient:
@@ -88,27 +50,18 @@ class KnowledgeClient:
             embedder = await asyncio.to_thread(load_embedder)
             embedding = (await asyncio.to_thread(embedder.embed, [text]))[0].tolist()
             text = None
-        body: dict[str, Any] = {"k": k}
-        if text is not None:
-            body["text"] = text
-        else:
-            body["embedding"] = embedding
-        if nprobe is not None:
-            body["nprobe"] = nprobe
-        if deadline_ms is not None:
-            body["deadline_ms"] = deadline_ms
-        headers = {CELL_HEADER: cell} if cell else {}
+        body = QueryBody(text=text, embedding=embedding, k=k, nprobe=nprobe, deadline_ms=deadline_ms)
+        headers = {"Content-Type": "application/json", **({CELL_HEADER: cell} if cell else {})}
         url = f"{self.source}/v1/knowledge/{collection}/query"
-        async with self.session.post(url, json=body, headers=headers) as resp:
+        async with self.session.post(url, data=encode_json(body), headers=headers) as resp:
             await raise_for_status(resp)
-            return AnswerInfo.from_json(await resp.json())
+            return decode_json(await resp.read(), AnswerInfo, what=f"{self.source}'s answer")
 
-    async def describe(self, collection: str) -> dict[str, Any]:
+    async def describe(self, collection: str) -> CollectionInfo:
         """The collection's index summary (and, from an edge node, the shards it holds)."""
         async with self.session.get(f"{self.source}/v1/knowledge/{collection}") as resp:
             await raise_for_status(resp)
-            doc: dict[str, Any] = await resp.json()
-            return doc
+            return decode_json(await resp.read(), CollectionInfo, what=f"{self.source}'s description")
 
     async def close(self) -> None:
         """Close the session if this client opened it."""

@@ -3,7 +3,7 @@
 import asyncio
 import threading
 from collections import OrderedDict
-from typing import Any, Final
+from typing import Final, TypeVar
 
 from aiohttp import web
 
@@ -19,20 +19,14 @@ from cachenet.knowledge.formats import (
     collection_model_name,
     decode_index,
     decode_shard,
-    describe_json,
+    describe,
     index_ref,
 )
-from cachenet.knowledge.search import (
-    MAX_QUERY_BODY_BYTES,
-    answer_json,
-    decode_query_body,
-    query_body_schema,
-    route_query,
-    search_shards,
-)
+from cachenet.knowledge.search import MAX_QUERY_BODY_BYTES, decode_query_body, make_answer, route_query, search_shards
 from cachenet.manifest import ModelManifest
+from cachenet.protocol.knowledge import AnswerInfo, CollectionInfo, CollectionList, CollectionSummary, QueryBody
 from cachenet.protocol.patterns import ROUTE_COLLECTION
-from cachenet.server.httpbody import read_body
+from cachenet.server.httpbody import message_response, read_body
 from cachenet.server.openapi import ApiDoc
 from registry.catalogue import Catalogue
 from registry.keys import catalogue_key, store_key
@@ -99,6 +93,7 @@ class OriginKnowledge:
         return shard
 
 
+T = TypeVar("T")
 knowledge_key: Final = web.AppKey("knowledge", OriginKnowledge)
 
 
@@ -107,7 +102,14 @@ def add_knowledge_routes(app: web.Application, doc: ApiDoc) -> None:
     app[knowledge_key] = OriginKnowledge(app[catalogue_key], app[store_key])
     r = app.router
     collection = f"{{collection:{ROUTE_COLLECTION}}}"
-    doc.route(r, "GET", "/v1/knowledge", list_collections, summary="Knowledge collections and their sizes")
+    doc.route(
+        r,
+        "GET",
+        "/v1/knowledge",
+        list_collections,
+        summary="Knowledge collections and their sizes",
+        schema=CollectionList,
+    )
     doc.route(
         r,
         "GET",
@@ -115,6 +117,7 @@ def add_knowledge_routes(app: web.Application, doc: ApiDoc) -> None:
         describe_collection,
         summary="A collection's index: model, dims, shards (block ids, sizes, chunk counts)",
         query={"revision": {"type": "string"}},
+        schema=CollectionInfo,
     )
     doc.route(
         r,
@@ -122,7 +125,8 @@ def add_knowledge_routes(app: web.Application, doc: ApiDoc) -> None:
         f"/v1/knowledge/{collection}/query",
         query_collection,
         summary="Top-k chunks by inner product inside the nprobe shards nearest the query",
-        body=query_body_schema(),
+        body=QueryBody,
+        schema=AnswerInfo,
     )
 
 
@@ -130,7 +134,7 @@ async def list_collections(request: web.Request) -> web.Response:
     """GET /v1/knowledge → {"collections": [...]}."""
     catalogue = request.app[catalogue_key]
 
-    def rows() -> list[dict[str, Any]]:
+    def rows() -> list[CollectionSummary]:
         out = []
         for m in catalogue.list_models():
             if not m.name.startswith(KNOWLEDGE_PREFIX) or "main" not in m.tags:
@@ -138,18 +142,22 @@ async def list_collections(request: web.Request) -> web.Response:
             manifest = catalogue.manifest_by_commit(m.tags["main"])
             if manifest.metadata.get("kind") != KNOWLEDGE_KIND:
                 continue
+            meta = manifest.metadata
             out.append(
-                {
-                    "collection": m.name.removeprefix(KNOWLEDGE_PREFIX),
-                    "name": m.name,
-                    "revision": manifest.revision,
-                    "bytes": manifest.total_size,
-                    **{k: manifest.metadata.get(k) for k in ("model", "dims", "chunks", "shards")},
-                }
+                CollectionSummary(
+                    collection=m.name.removeprefix(KNOWLEDGE_PREFIX),
+                    name=m.name,
+                    revision=manifest.revision,
+                    total_bytes=manifest.total_size,
+                    model=_opt(meta.get("model"), str),
+                    dims=_opt(meta.get("dims"), int),
+                    chunks=_opt(meta.get("chunks"), int),
+                    shards=_opt(meta.get("shards"), int),
+                )
             )
         return out
 
-    return web.json_response({"collections": await asyncio.to_thread(rows)})
+    return message_response(CollectionList(await asyncio.to_thread(rows)))
 
 
 async def describe_collection(request: web.Request) -> web.Response:
@@ -157,7 +165,7 @@ async def describe_collection(request: web.Request) -> web.Response:
     kn = request.app[knowledge_key]
     revision = request.query.get("revision", "main")
     manifest, index = await asyncio.to_thread(kn.collection, request.match_info["collection"], revision)
-    return web.json_response(describe_json(manifest, index))
+    return message_response(describe(manifest, index))
 
 
 async def query_collection(request: web.Request) -> web.Response:
@@ -172,4 +180,9 @@ async def query_collection(request: web.Request) -> web.Response:
     probe = route_query(index, vector, query.nprobe)
     shards = await asyncio.to_thread(kn.shards, index, probe)
     hits = await asyncio.to_thread(search_shards, shards, vector, query.k)
-    return web.json_response(answer_json(index, manifest.revision, probe, hits, served="origin", node="origin"))
+    return message_response(make_answer(index, manifest.revision, probe, hits, served="origin", node="origin"))
+
+
+def _opt(value: object, kind: type[T]) -> T | None:
+    """A metadata value of the expected type, else None (metadata is free-form)."""
+    return value if isinstance(value, kind) and not isinstance(value, bool) else None

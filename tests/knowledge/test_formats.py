@@ -16,7 +16,9 @@ from cachenet.knowledge.formats import (
     encode_index,
     encode_shard,
 )
-from cachenet.knowledge.search import parse_query, route_query, search_shards
+from cachenet.knowledge.search import QueryInfo, decode_query_body, parse_query, route_query, search_shards
+from cachenet.protocol.codec import decode_json
+from cachenet.protocol.knowledge import QueryBody
 from registry.knowledge.ingest import (
     DocumentInfo,
     assign_shards,
@@ -132,20 +134,31 @@ def test_search_over_every_shard_equals_exact_search() -> None:
     assert len(one) == 1 and "text 0" in [c.text for c in shards[one[0]].chunks]
 
 
+def _query(doc: object, dims: int | None = None) -> QueryInfo:
+    return parse_query(decode_json(json.dumps(doc).encode(), QueryBody), dims=dims)
+
+
 def test_queries_are_validated() -> None:
-    assert parse_query({"text": "hi"}).k == 10
-    q = parse_query({"embedding": [3.0, 4.0], "k": 3, "nprobe": 2, "deadline_ms": 50}, dims=2)
+    assert _query({"text": "hi"}).k == 10
+    assert decode_query_body(b'{"text": "hi", "k": 4}').k == 4
+    q = _query({"embedding": [3.0, 4.0], "k": 3, "nprobe": 2, "deadline_ms": 50}, dims=2)
     assert q.embedding is not None and np.allclose(q.embedding, [0.6, 0.8]) and q.k == 3
     bad: object
     for bad in (
         {},
         {"text": "a", "embedding": [1.0]},
         {"text": ""},
+        {"text": "   "},
         {"text": "a", "k": 0},
         {"embedding": [0.0, 0.0]},
         {"embedding": ["x"]},
+        {"embedding": [True, 1.0]},
+        {"embedding": [1e300, 1.0]},
+        {"embedding": [10**400, 1.0]},
+        {"embedding": [1.0, 2.0, 3.0]},
         {"text": "a", "deadline_ms": -1},
+        {"text": "a", "revision": "main\n"},
         [],
     ):
         with pytest.raises(BadInput):
-            parse_query(bad, dims=2)
+            _query(bad, dims=2)

@@ -77,7 +77,7 @@ async def test_reingesting_a_changed_corpus_stores_only_the_changed_shards(
 
     async with KnowledgeClient(url_of(knowledge_origin)) as client:
         answer = await client.query(COLLECTION, passage(new_text), k=3)
-    assert (answer.hits[0].source, answer.hits[0].text) == (edited, passage(new_text))
+    assert (answer.results[0].source, answer.results[0].text) == (edited, passage(new_text))
     assert answer.revision == changed.revision
     report = knowledge_origin.app[catalogue_key].check(knowledge_origin.app[store_key].has)
     assert report.ok

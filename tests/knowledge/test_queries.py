@@ -11,8 +11,8 @@ from safetensors.numpy import save_file
 
 from cachenet.edge.keys import cache_key, edge_knowledge_key
 from cachenet.edge.knowledge.shards import FetchEstimator
-from cachenet.knowledge.search import HitInfo
-from clients.knowledge.client import AnswerInfo, KnowledgeClient
+from cachenet.protocol.knowledge import AnswerInfo, HitInfo
+from clients.knowledge.client import KnowledgeClient
 from registry.knowledge.ingest import IngestReport
 from registry.publish import HttpTarget, publish_path
 from tests.conftest import OPERATOR_TOKEN, metric
@@ -31,7 +31,7 @@ async def _ask(server: TestServer, text: str, **kw: Any) -> AnswerInfo:
 
 
 def _same(a: AnswerInfo, b: AnswerInfo) -> bool:
-    return a.shards == b.shards and a.hits == b.hits and a.revision == b.revision
+    return a.shards == b.shards and a.results == b.results and a.revision == b.revision
 
 
 async def test_known_passages_are_rank_one_at_the_origin_and_at_an_edge_node(
@@ -46,9 +46,9 @@ async def test_known_passages_are_rank_one_at_the_origin_and_at_an_edge_node(
         text = passage(corpus_docs[rel])
         for server in (knowledge_origin, edge):
             answer = await _ask(server, text, k=5)
-            top: HitInfo = answer.hits[0]
+            top: HitInfo = answer.results[0]
             assert (top.source, top.position, top.text) == (rel, 0, text), (server, rel)
-            assert top.score > 0.99 and len(answer.hits) == 5
+            assert top.score > 0.99 and len(answer.results) == 5
     async with aiohttp.ClientSession() as s:
         async with s.get(f"{url_of(knowledge_origin)}/v1/knowledge") as resp:
             listed = (await resp.json())["collections"]
@@ -146,7 +146,7 @@ async def test_knowledge_shards_and_model_blocks_share_one_capacity(
         for rel in list(corpus_docs)[::9]:
             text = passage(corpus_docs[rel])
             answer = await _ask(edge, text, nprobe=2)
-            assert answer.hits[0].source == rel and _same(answer, await _ask(knowledge_origin, text, nprobe=2))
+            assert answer.results[0].source == rel and _same(answer, await _ask(knowledge_origin, text, nprobe=2))
             assert store.used_bytes <= capacity
         async with s.get(f"{url_of(edge)}/org/tiny/resolve/main/config.json") as resp:
             assert resp.status == 200

@@ -6,11 +6,12 @@ from aiohttp import web
 
 from cachenet.edge.keys import cache_key, demand_key, edge_knowledge_key, manifests_key
 from cachenet.edge.knowledge.shards import EdgeKnowledge
-from cachenet.knowledge.formats import describe_json
-from cachenet.knowledge.search import MAX_QUERY_BODY_BYTES, query_body_schema
+from cachenet.knowledge.formats import describe
+from cachenet.knowledge.search import MAX_QUERY_BODY_BYTES
 from cachenet.protocol.headers import CELL_HEADER
+from cachenet.protocol.knowledge import AnswerInfo, CollectionInfo, QueryBody
 from cachenet.protocol.patterns import ROUTE_COLLECTION
-from cachenet.server.httpbody import read_body
+from cachenet.server.httpbody import message_response, read_body
 from cachenet.server.openapi import ApiDoc
 
 __all__ = ("add_knowledge_routes",)
@@ -28,6 +29,7 @@ def add_knowledge_routes(app: web.Application, doc: ApiDoc) -> None:
         _describe,
         summary="A collection's index and which of its shards this node holds",
         query={"revision": {"type": "string"}},
+        schema=CollectionInfo,
     )
     doc.route(
         app.router,
@@ -35,7 +37,8 @@ def add_knowledge_routes(app: web.Application, doc: ApiDoc) -> None:
         f"/v1/knowledge/{collection}/query",
         _query,
         summary="Top-k chunks: answered from held shards, after fetching shards, or forwarded",
-        body=query_body_schema(),
+        body=QueryBody,
+        schema=AnswerInfo,
     )
 
     async def stop(app: web.Application) -> AsyncIterator[None]:
@@ -50,7 +53,7 @@ async def _describe(request: web.Request) -> web.Response:
     manifest, index = await knowledge.collection(
         request.match_info["collection"], request.query.get("revision", "main")
     )
-    return web.json_response({**describe_json(manifest, index), "held": knowledge.held_shards(index)})
+    return message_response(describe(manifest, index, held=knowledge.held_shards(index)))
 
 
 async def _query(request: web.Request) -> web.Response:
@@ -58,4 +61,4 @@ async def _query(request: web.Request) -> web.Response:
     answer = await request.app[edge_knowledge_key].answer(
         request.match_info["collection"], body, cell=request.headers.get(CELL_HEADER)
     )
-    return web.json_response(answer)
+    return message_response(answer)

@@ -19,9 +19,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 import aiohttp
+import msgspec
 from prometheus_client import Counter
 
 from cachenet.edge.cache import EdgeCache
@@ -47,14 +48,10 @@ from cachenet.knowledge.formats import (
     decode_shard,
     index_ref,
 )
-from cachenet.knowledge.search import (
-    QueryInfo,
-    answer_json,
-    decode_query_body,
-    route_query,
-    search_shards,
-)
+from cachenet.knowledge.search import QueryInfo, decode_query_body, make_answer, route_query, search_shards
 from cachenet.manifest import BlockRef, ModelManifest
+from cachenet.protocol.codec import decode_json
+from cachenet.protocol.knowledge import AnswerInfo
 from cachenet.server.deviceapi import LocalBlock
 from cachenet.server.flight import Flight
 
@@ -168,7 +165,7 @@ class EdgeKnowledge:
             self._indexes[ref.block_id] = index
         return manifest, index
 
-    async def answer(self, collection: str, body: bytes, *, cell: str | None = None) -> dict[str, Any]:
+    async def answer(self, collection: str, body: bytes, *, cell: str | None = None) -> AnswerInfo:
         """Answer a query body locally, after fetching shards, or by forwarding it to the origin."""
         query = decode_query_body(body)
         manifest, index = await self.collection(collection, query.revision)
@@ -199,7 +196,7 @@ class EdgeKnowledge:
         hits = await asyncio.to_thread(search_shards, shards, vector, query.k)
         served = "fetched" if missing else "local"
         self.queries.labels(collection, served).inc()
-        return answer_json(index, manifest.revision, probe, hits, served=served, node=self.cache.settings.node_id)
+        return make_answer(index, manifest.revision, probe, hits, served=served, node=self.cache.settings.node_id)
 
     def held_shards(self, index: IndexInfo) -> list[int]:
         """Numbers of the collection's shards the store holds."""
@@ -295,7 +292,7 @@ class EdgeKnowledge:
                     ) from None
         raise AssertionError("unreachable")
 
-    async def _forward(self, collection: str, body: bytes, reason: str) -> dict[str, Any]:
+    async def _forward(self, collection: str, body: bytes, reason: str) -> AnswerInfo:
         url = f"{self.cache.settings.origin_url.rstrip('/')}/v1/knowledge/{collection}/query"
         self.forwards.labels(collection, reason).inc()
         try:
@@ -304,13 +301,12 @@ class EdgeKnowledge:
                     await raise_for_status(resp)
                 except CachenetError as e:
                     raise _relayed(e) from None
-                answer: dict[str, Any] = await resp.json()
+                raw = await resp.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             raise UpstreamUnavailable(f"origin unreachable for a forwarded query: {e!r}") from e
-        answer["served"] = "forwarded"
-        answer["node"] = self.cache.settings.node_id
+        answer = decode_json(raw, AnswerInfo, what="the origin's answer")
         self.queries.labels(collection, "forwarded").inc()
-        return answer
+        return msgspec.structs.replace(answer, served="forwarded", node=self.cache.settings.node_id)
 
     def _record_demand(
         self,
