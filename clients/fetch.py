@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from cachenet.blockstore import BlockStore, BlockWriter
+from cachenet.blockstore import BlockStore
+from cachenet.blockwriters import BlockWriter
 from cachenet.errors import BlockCorrupt, CachenetError, CapacityExceeded, UpstreamUnavailable
 from cachenet.httpclient import raise_for_status
 from cachenet.manifest import BlockRef
