@@ -13,7 +13,7 @@ where it stopped.
 import asyncio
 import functools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -94,7 +94,7 @@ class BlockFetcher:
         self.store = store
         self.sink: BlockSink = store if sink is None else sink
         # When set, `ensure` first waits for the sink it yields (a pull's output files being opened).
-        self.ready: asyncio.Future[BlockSink] | None = None
+        self.ready: Callable[[], Awaitable[BlockSink]] | None = None
         self.pool = pool
         self.progress = progress
         self._slots = asyncio.Semaphore(pool.settings.concurrency)
@@ -124,7 +124,7 @@ class BlockFetcher:
         source within `max_attempts`, `CapacityExceeded` when the disk is full.
         """
         if self.ready is not None:
-            self.sink = await self.ready
+            self.sink = await self.ready()
         wanted = {r.block_id: r for r in refs}
         while True:
             tasks, created = self._start(wanted.values())

@@ -233,15 +233,18 @@ async def fetch_and_write(
         for block in f.blocks:
             needed.setdefault(block.block_id, block)
     outputs: OutputFiles | None = None
-    opening: asyncio.Future[OutputFiles] | None = None
+    lazy: _LazyOutputs | None = None
     if out_dir is not None and not merge_lora:
-        opening = asyncio.ensure_future(asyncio.to_thread(_open_outputs, store, plans, Path(out_dir), settings.fsync))
+        lazy = _LazyOutputs(store, plans, Path(out_dir), settings.fsync)
         if multicast is None or multicast.mode == "off":
-            outputs = await opening
+            outputs = await lazy.get()
             missing = list(outputs.needed().values())
         else:
             # Devices joining one multicast batch must not wait for their files to open first.
-            known = await asyncio.to_thread(indexed_ids, store.root / INDEX_FILE, needed)
+            # (opened when the first block is to be written: 8 devices opening files in one test
+            # process would hold the GIL through the batching window).
+            index_path = store.root / INDEX_FILE
+            known = await asyncio.to_thread(indexed_ids, index_path, needed) if index_path.exists() else set()
             missing = [b for b in needed.values() if not store.has(b.block_id) and b.block_id not in known]
     else:
         missing = [b for b in needed.values() if not store.has(b.block_id)]
@@ -261,9 +264,9 @@ async def fetch_and_write(
         sink = fetcher.sink
         checkpoints = None
         try:
-            if opening is not None:
-                fetcher.ready = asyncio.ensure_future(_as_sink(opening))
-                checkpoints = asyncio.create_task(_checkpoints(opening))
+            if lazy is not None:
+                fetcher.ready = lazy.sink
+                checkpoints = asyncio.create_task(_checkpoints(lazy))
             mc = await fetch_with_multicast(
                 missing,
                 manifest=manifest,
@@ -271,8 +274,8 @@ async def fetch_and_write(
                 options=multicast or MulticastOptions(mode="off"),
                 progress=bar.update,
             )
-            if opening is not None:
-                outputs = await opening
+            if lazy is not None:
+                outputs = await lazy.get()
                 await asyncio.to_thread(outputs.copy_from_store, store)
                 # Blocks the index named but whose bytes no longer verify (an edited output).
                 await fetcher.ensure(list(outputs.needed().values()))
@@ -281,13 +284,13 @@ async def fetch_and_write(
             fetcher.progress, fetcher.sink, fetcher.ready = previous, sink, None
             if checkpoints is not None:
                 checkpoints.cancel()
-            if opening is not None:
-                opened = await asyncio.gather(opening, return_exceptions=True)
+            if lazy is not None and lazy.task is not None:
+                opened = await asyncio.gather(lazy.task, return_exceptions=True)
                 if isinstance(opened[0], OutputFiles):
                     await asyncio.to_thread(opened[0].close)
                     opened[0].index.close()
     merged = 0
-    if out_dir is not None and opening is None:
+    if out_dir is not None and lazy is None:
         merged = await write_files(
             store, plans, Path(out_dir), settings=settings, adapter=manifest if merge_lora else None
         )
@@ -307,8 +310,8 @@ async def fetch_and_write(
         fetched_blocks=fetched_blocks,
         # In place, what was not fetched came from the device (an estimate made before the
         # output files were open may have named blocks whose bytes no longer verify).
-        reused_bytes=needed_bytes - (fetched_bytes if opening is not None else missing_bytes),
-        reused_blocks=len(needed) - (fetched_blocks if opening is not None else len(missing)),
+        reused_bytes=needed_bytes - (fetched_bytes if lazy is not None else missing_bytes),
+        reused_blocks=len(needed) - (fetched_blocks if lazy is not None else len(missing)),
         received_bytes=after.received_bytes - before.received_bytes + mc.multicast_bytes + mc.repair_bytes,
         wasted_bytes=after.wasted_bytes - before.wasted_bytes,
         refused_blocks=after.refused_blocks - before.refused_blocks,
@@ -336,19 +339,32 @@ def _open_outputs(store: BlockStore, plans: Sequence[FilePlan], out_dir: Path, f
     return outputs
 
 
-async def _as_sink(opening: "asyncio.Future[OutputFiles]") -> BlockSink:
-    return await opening
+class _LazyOutputs:
+    """The pull's output files, opened (in a thread) on first use."""
+
+    def __init__(self, store: BlockStore, plans: Sequence[FilePlan], out_dir: Path, fsync: bool) -> None:
+        self._args = (store, plans, out_dir, fsync)
+        self.task: asyncio.Future[OutputFiles] | None = None
+
+    def get(self) -> "asyncio.Future[OutputFiles]":
+        if self.task is None:
+            self.task = asyncio.ensure_future(asyncio.to_thread(_open_outputs, *self._args))
+        return self.task
+
+    async def sink(self) -> BlockSink:
+        return await self.get()
 
 
-async def _checkpoints(opening: "asyncio.Future[OutputFiles]") -> None:
+async def _checkpoints(lazy: _LazyOutputs) -> None:
     """Record the blocks placed so far once a second, so a killed pull resumes from them."""
-    try:
-        outputs = await opening
-    except Exception:  # noqa: BLE001 - the pull reports it
-        return
     while True:
         await asyncio.sleep(CHECKPOINT_S)
-        await asyncio.to_thread(outputs.checkpoint)
+        task = lazy.task
+        if task is None or not task.done():
+            continue
+        if task.cancelled() or task.exception() is not None:
+            return
+        await asyncio.to_thread(task.result().checkpoint)
 
 
 def pull_sync(ref: str, **options: Any) -> PullReport:
