@@ -21,7 +21,7 @@ from cachenet.edge.source import EdgeSource
 from cachenet.protocol.headers import REPAIR_HEADER
 from cachenet.server.deviceapi import add_device_routes
 from cachenet.server.metrics import metrics_handler
-from cachenet.server.middlewares import error_middleware
+from cachenet.server.middlewares import client_limit_middleware, error_middleware
 from cachenet.server.openapi import ApiDoc
 from cachenet.server.pacer import TokenBucket
 
@@ -31,7 +31,10 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: EdgeSettings) -> web.Application:
     """The edge node's aiohttp application."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024 * 1024)
+    app = web.Application(
+        middlewares=[client_limit_middleware(settings.max_requests_per_client), error_middleware],
+        client_max_size=64 * 1024 * 1024,
+    )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     cache = EdgeCache(settings)
     manifests = ManifestCache(

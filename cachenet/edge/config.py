@@ -8,6 +8,7 @@ from typing import Final
 
 from cachenet.errors import BadInput
 from cachenet.multicast.sockets import group_address, is_loopback, validate_group
+from cachenet.server.middlewares import DEFAULT_MAX_REQUESTS_PER_CLIENT
 
 __all__ = (
     "DEFAULT_EDGE_PORT",
@@ -44,6 +45,7 @@ class EdgeSettings:
     verify_on_read_max_bytes: int = 1024 * 1024
     scrub_rate: float | None = 50e6
     fsync: bool = True
+    max_requests_per_client: int = DEFAULT_MAX_REQUESTS_PER_CLIENT
     # Multicast delivery (None: off). Groups are allotted counting up from `multicast_group`.
     multicast_group: str | None = "239.255.77.1"
     multicast_groups: int = 16

@@ -36,7 +36,7 @@ from cachenet.protocol.headers import (
 )
 from cachenet.protocol.patterns import ROUTE_MODEL_NAME
 from cachenet.ranges import parse_range
-from cachenet.server.filesend import Pacer, send_file_range
+from cachenet.server.filesend import Pacer, send_file_range, write_or_cut
 from cachenet.server.openapi import ApiDoc
 
 __all__ = (
@@ -453,7 +453,7 @@ class _DeviceApi:
                     async for chunk in handle.iter_range(lo, hi):
                         if pacer is not None:
                             await pacer(len(chunk))
-                        await resp.write(chunk)
+                        await write_or_cut(resp, chunk)
                 piece = await anext(pieces, None)
         except BaseException:
             # The status line is out: the only honest signal left is to cut the
