@@ -58,6 +58,7 @@ class EdgeSettings:
     multicast_nack_window_s: float = 0.3  # after each pass, how long members may report losses
     multicast_repair_passes: int = 3  # repair passes by multicast at most, before unicast repair
     multicast_piece_bytes: int | None = None  # default: 16 KiB on loopback, else 1400 (one Ethernet frame)
+    multicast_member_lease_s: float = 3.0  # a member silent this long no longer keeps a session sending
     multicast_test_drop: float = 0.0  # test hook: the share of datagrams the sender drops on purpose
 
     def __post_init__(self) -> None:
@@ -101,6 +102,8 @@ class EdgeSettings:
             raise BadInput(f"multicast piece size must be 512-65000 bytes, got {self.multicast_piece_bytes}")
         if not 0 <= self.multicast_repair_passes <= 16:
             raise BadInput(f"multicast repair passes must be 0-16, got {self.multicast_repair_passes}")
+        if self.multicast_member_lease_s <= 0:
+            raise BadInput(f"multicast member lease must be positive, got {self.multicast_member_lease_s}")
         if not 0 <= self.multicast_test_drop < 1:
             raise BadInput(f"multicast test drop rate must be in [0, 1), got {self.multicast_test_drop}")
 

@@ -25,7 +25,7 @@ from aiohttp import web
 from cachenet.blockid import validate_block_id
 from cachenet.errors import FileNotInModel
 from cachenet.manifest import FileManifest, ModelManifest
-from cachenet.names import validate_file_path, validate_model_name, validate_revision
+from cachenet.names import parse_cell, validate_file_path, validate_model_name, validate_revision
 from cachenet.protocol.headers import (
     BLAKE3_HEADER,
     CELL_HEADER,
@@ -323,7 +323,7 @@ class _DeviceApi:
     async def get_file(self, request: web.Request) -> web.StreamResponse:
         manifest, f = await self._file(request)
         if isinstance(f, FileManifest):
-            self.source.note_request(manifest, f, cell=request.headers.get(CELL_HEADER))
+            self.source.note_request(manifest, f, cell=parse_cell(request.headers.get(CELL_HEADER)))
         return await self._send_file(request, manifest, f)
 
     async def hf_model_info(self, request: web.Request) -> web.Response:
@@ -380,7 +380,7 @@ class _DeviceApi:
     async def hf_resolve(self, request: web.Request) -> web.StreamResponse:
         manifest, f = await self._file(request)
         if isinstance(f, FileManifest):
-            self.source.note_request(manifest, f, cell=request.headers.get(CELL_HEADER))
+            self.source.note_request(manifest, f, cell=parse_cell(request.headers.get(CELL_HEADER)))
         return await self._send_file(request, manifest, f)
 
     # -- helpers ---------------------------------------------------------------------

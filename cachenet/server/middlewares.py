@@ -3,6 +3,7 @@
 import hmac
 import json
 import logging
+import math
 from typing import Final
 
 from aiohttp import web
@@ -29,6 +30,9 @@ def json_error(error: CachenetError) -> web.Response:
     resp = web.json_response(error.to_payload(), status=error.status, dumps=_dumps)
     if error.status == 401:
         resp.headers["WWW-Authenticate"] = 'Bearer realm="cachenet"'
+    retry_after = error.attrs.get("retry_after_s")
+    if isinstance(retry_after, int | float):
+        resp.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     return resp
 
 

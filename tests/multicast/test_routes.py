@@ -106,7 +106,7 @@ async def test_nacks_are_validated_against_the_session(
         f"{url_of(edge)}/v1/multicast/sessions/{session}/nack", {"member": first["member"], "missing": missing}
     )
     assert status == 422 and words in doc["message"], doc
-    assert not hub.session(session).nacks
+    assert not hub.session(session).nack_reports
     hub.leave(session, first["member"], expected_bytes=0, missed_bytes=0)
     hub.leave(session, second["member"], expected_bytes=0, missed_bytes=0)
 
