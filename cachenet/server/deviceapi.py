@@ -36,6 +36,7 @@ from cachenet.protocol.headers import (
 )
 from cachenet.protocol.patterns import ROUTE_MODEL_NAME
 from cachenet.ranges import parse_range
+from cachenet.server.abortlog import AbortLog
 from cachenet.server.filesend import Pacer, send_file_range, write_or_cut
 from cachenet.server.openapi import ApiDoc
 
@@ -291,6 +292,7 @@ class _DeviceApi:
     def __init__(self, source: ModelSource, on_sent: SentHook | None) -> None:
         self.source = source
         self.on_sent = on_sent
+        self.aborts = AbortLog()
 
     async def get_block(self, request: web.Request) -> web.StreamResponse:
         block_id = validate_block_id(request.match_info["block_id"])
@@ -455,6 +457,13 @@ class _DeviceApi:
                             await pacer(len(chunk))
                         await write_or_cut(resp, chunk)
                 piece = await anext(pieces, None)
+        except (ConnectionError, TimeoutError) as e:
+            # The client went away or stopped reading: normal, so no traceback, and the
+            # (closed) response is returned as is.
+            if request.transport is not None:
+                request.transport.close()
+            self.aborts.note(e, request.path)
+            return resp
         except BaseException:
             # The status line is out: the only honest signal left is to cut the
             # connection, so the client sees a short body instead of waiting forever.

@@ -94,8 +94,12 @@ def require_token(request: web.Request, token: str | None) -> None:
     """
     given = request.headers.get("Authorization", "")
     scheme, _, value = given.partition(" ")
+    # A header that is not ASCII cannot hold the token (and must not become a 500).
     ok = (
-        token is not None and scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
+        token is not None
+        and given.isascii()
+        and scheme.lower() == "bearer"
+        and hmac.compare_digest(value.strip().encode(), token.encode())
     )
     if not ok:
         raise Unauthorized("this operator endpoint needs 'Authorization: Bearer <token>' with the operator token")
