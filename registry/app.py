@@ -14,6 +14,7 @@ from cachenet.server.deviceapi import add_device_routes
 from cachenet.server.metrics import metrics_handler
 from cachenet.server.middlewares import client_limit_middleware, error_middleware
 from cachenet.server.openapi import ApiDoc
+from cachenet.server.readiness import ReadinessProbe
 from registry.catalogue import Catalogue
 from registry.config import OriginSettings
 from registry.keys import catalogue_key, settings_key, store_key
@@ -46,6 +47,7 @@ def create_app(settings: OriginSettings) -> web.Application:
 
     doc = ApiDoc("cachenet origin")
     app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", ReadinessProbe(store).handle)
     app.router.add_get("/metrics", metrics_handler(registry))
     app.router.add_get("/openapi.json", doc.handle)
     add_operator_routes(app, doc)

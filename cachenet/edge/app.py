@@ -24,6 +24,7 @@ from cachenet.server.metrics import metrics_handler
 from cachenet.server.middlewares import client_limit_middleware, error_middleware
 from cachenet.server.openapi import ApiDoc
 from cachenet.server.pacer import TokenBucket
+from cachenet.server.readiness import ReadinessProbe
 
 __all__ = ("create_app", "sharing_saved_bytes")
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ def create_app(settings: EdgeSettings) -> web.Application:
     pacer = TokenBucket(settings.egress_rate) if settings.egress_rate else None
     doc = ApiDoc(f"cachenet edge node {settings.node_id}")
     app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", ReadinessProbe(cache.store).handle)
     app.router.add_get("/metrics", metrics_handler(cache.metrics.registry))
     app.router.add_get("/openapi.json", doc.handle)
     add_node_routes(app, doc)
