@@ -8,6 +8,7 @@ from typing import Final
 
 from cachenet.errors import BadInput
 from cachenet.multicast.sockets import group_address, is_loopback, validate_group
+from cachenet.server.gate import DEFAULT_QUERY_CONCURRENCY, DEFAULT_QUERY_QUEUE
 from cachenet.server.middlewares import DEFAULT_MAX_REQUESTS_PER_CLIENT
 
 __all__ = (
@@ -46,6 +47,8 @@ class EdgeSettings:
     scrub_rate: float | None = 50e6
     fsync: bool = True
     max_requests_per_client: int = DEFAULT_MAX_REQUESTS_PER_CLIENT
+    knowledge_concurrency: int = DEFAULT_QUERY_CONCURRENCY  # knowledge queries running at once
+    knowledge_queue: int = DEFAULT_QUERY_QUEUE  # and waiting; beyond, 503 + Retry-After
     # Multicast delivery (None: off). Groups are allotted counting up from `multicast_group`.
     multicast_group: str | None = "239.255.77.1"
     multicast_groups: int = 16
@@ -72,6 +75,8 @@ class EdgeSettings:
             raise BadInput(f"scrub rate must be positive, got {self.scrub_rate}")
         if self.egress_rate is not None and self.egress_rate <= 0:
             raise BadInput(f"egress rate must be positive, got {self.egress_rate}")
+        if self.knowledge_concurrency < 1 or self.knowledge_queue < 0:
+            raise BadInput("knowledge_concurrency must be at least 1 and knowledge_queue not negative")
         self._check_multicast()
         for url in (self.origin_url, *self.peers, *([self.controller_url] if self.controller_url else [])):
             if not url.startswith(("http://", "https://")):

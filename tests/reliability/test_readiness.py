@@ -20,9 +20,10 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from cachenet.server.readiness import READY_DEADLINE_S
 from registry.publish import HttpTarget, publish_path
 from tests.conftest import OPERATOR_TOKEN
+
+READY_DEADLINE_S = 2.0  # cachenet.server.readiness.READY_DEADLINE_S
 
 
 async def _get(url: str) -> tuple[int, dict[str, Any], float]:
