@@ -25,7 +25,7 @@ JOIN_RATE_PER_S: Final = 1.0
 # Addresses remembered at most (the least recently seen are forgotten first).
 MAX_TRACKED_ADDRESSES: Final = 4096
 # Ranges one NACK may list: a device with more losses gets the rest by unicast repair.
-MAX_NACK_RANGES: Final = 16384
+MAX_NACK_RANGES: Final = 8192
 
 
 @dataclass(slots=True)
