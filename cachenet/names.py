@@ -19,7 +19,9 @@ _MODEL_NAME_RE: Final = anchored(MODEL_NAME)
 _REVISION_RE: Final = anchored(REVISION)
 COMMIT_RE: Final = anchored(COMMIT)
 _CELL_RE: Final = anchored(CELL_ID)
-_PATH_PART_RE: Final = re.compile(r"^[^\x00-\x1f/\\:*?\"<>|\ud800-\udfff]{1,255}\Z")
+# No control characters (C0, DEL, C1), line or paragraph separators: every download of such
+# a name failed (a header cannot carry it), so it is refused when published (issue 14).
+_PATH_PART_RE: Final = re.compile(r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029/\\:*?\"<>|\ud800-\udfff]{1,255}\Z")
 MAX_PATH_CHARS: Final = 1024
 
 

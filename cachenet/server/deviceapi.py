@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -48,6 +49,7 @@ __all__ = (
     "StreamingBlock",
     "StreamingFile",
     "add_device_routes",
+    "content_disposition",
     "git_oid",
     "is_lfs_file",
 )
@@ -161,6 +163,12 @@ class ModelSource(Protocol):
 def is_lfs_file(f: FileManifest) -> bool:
     """Whether a file is presented to Hugging Face clients as an LFS file (ETag = SHA-256)."""
     return f.kind == "safetensors" or f.size >= LFS_MIN_BYTES
+
+
+def content_disposition(filename: str) -> str:
+    """`attachment` with an ASCII `filename` fallback and the exact name as RFC 6266 / 5987 `filename*`."""
+    fallback = "".join(c if 0x20 <= ord(c) < 0x7F and c not in '"\\%' else "_" for c in filename)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 def git_oid(f: FileManifest) -> str:
@@ -406,7 +414,7 @@ class _DeviceApi:
             "ETag": etag,
             HF_COMMIT_HEADER: manifest.revision,
             "Content-Type": "application/octet-stream",
-            "Content-Disposition": f'attachment; filename="{f.path.rsplit("/", 1)[-1]}"',
+            "Content-Disposition": content_disposition(f.path.rsplit("/", 1)[-1]),
         }
         if isinstance(f, StreamingFile) or is_lfs_file(f):
             headers[HF_LINKED_ETAG_HEADER] = etag
