@@ -58,8 +58,8 @@ def test_the_demand_table_is_capped_and_ages_out() -> None:
     for k in range(10_000):
         stats.record("org/m", "r" * 40, cell=f"cell-{k}")
     assert len(stats) <= 101  # the rest were counted without a cell (one more key)
-    assert sum(r["count"] for r in stats.snapshot()) == 10_000
+    assert sum(r.count for r in stats.snapshot()) == 10_000
     now[0] = 3600.0  # sixty half-lives later, old cells age out and new ones find room
     stats.record("org/m", "r" * 40, cell="fresh")
-    assert "fresh" in {r["cell"] for r in stats.snapshot()}
+    assert "fresh" in {r.cell for r in stats.snapshot()}
     assert len(stats) <= 2
