@@ -25,7 +25,7 @@ from typing import Final, Protocol
 
 import xxhash
 
-__all__ = ("INDEX_FILE", "FileIndex", "Range", "Scratch", "indexed_ids", "read_verified")
+__all__ = ("FileIndex", "INDEX_FILE", "Range", "Scratch", "indexed_ids", "read_verified")
 
 INDEX_FILE: Final = "files.sqlite"
 _SCHEMA: Final = """
