@@ -130,7 +130,6 @@ _SPLIT_PENDING: Final = (
     "cachenet.blockstore",
     "cachenet.edge.multicast.hub",
     "clients.multicast.session",
-    "placement.replacement",
 )
 
 
