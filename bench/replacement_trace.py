@@ -150,7 +150,7 @@ def run_policy(
     it; otherwise the policy learns users from the requests that read the block.
     """
     clock = ManualClock()
-    half_life_s = HALF_LIFE_S if name == "sharing-lfu" else None
+    half_life_s = HALF_LIFE_S if name in ("sharing-lfu", "bundle") else None
     policy: ReplacementPolicy = make_policy(name, capacity_bytes=capacity_bytes, clock=clock, half_life_s=half_life_s)
     model_hits = obj_hits = obj_reqs = hit_bytes = req_bytes = backbone_evicted_bytes = 0
     started = time.perf_counter()

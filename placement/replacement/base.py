@@ -40,7 +40,7 @@ class ReplacementPolicy(Protocol):
     def admit(self, block_id: str, size: int) -> bool: ...
     def insert(self, block_id: str, size: int, *, models: Iterable[str] = ()) -> None: ...
     def touch(self, block_id: str, *, model: str | None = None) -> None: ...
-    def record_request(self, model: str, *, weight: float = 1.0) -> None: ...
+    def record_request(self, model: str, *, weight: float = 1.0, blocks: Mapping[str, int] | None = None) -> None: ...
     def set_models(self, block_id: str, models: Iterable[str]) -> None: ...
     def models_of(self, block_id: str) -> frozenset[str]: ...
     def remove(self, block_id: str) -> None: ...
@@ -145,11 +145,18 @@ class BlockPolicy:
         if model is not None:
             self._add_models(block_id, (model,))
 
-    def record_request(self, model: str, *, weight: float = 1.0) -> None:
-        """Record model-level demand (sharing-aware policies use it; plain ones ignore it)."""
+    def record_request(self, model: str, *, weight: float = 1.0, blocks: Mapping[str, int] | None = None) -> None:
+        """Record model-level demand (sharing-aware policies use it; plain ones ignore it).
+
+        `blocks` (id → size) are the blocks this request reads, when known: the bundle policy
+        keys demand by them; the others use the model name only.
+        """
         if not weight >= 0.0:
             raise BadInput(f"request weight must be >= 0, got {weight!r}", model=model)
-        self._on_request(model, weight)
+        if blocks is None:
+            self._on_request(model, weight)
+        else:
+            self._on_bundle(model, weight, blocks)
 
     def set_models(self, block_id: str, models: Iterable[str]) -> None:
         """Declare exactly which models use a tracked block; no-op if absent."""
@@ -299,6 +306,9 @@ class BlockPolicy:
 
     def _on_request(self, model: str, weight: float) -> None:
         return None
+
+    def _on_bundle(self, model: str, weight: float, blocks: Mapping[str, int]) -> None:
+        self._on_request(model, weight)
 
     def _on_models_changed(self, block_id: str) -> None:
         return None

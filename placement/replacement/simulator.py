@@ -46,7 +46,7 @@ def serve_request(
     it is not admitted or pins leave no room.
     """
     objects = {model: sum(blocks.values())} if granularity == "model" else blocks
-    policy.record_request(model)
+    policy.record_request(model, blocks=objects)
     hits = misses = hit_bytes = miss_bytes = 0
     evicted: list[str] = []
     bypassed: list[str] = []
