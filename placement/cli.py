@@ -18,10 +18,10 @@ SOLVER_NAMES = (
     "optimal",
     "trimcaching-gen",
     "trimcaching-gen-density",
-    "trimcaching-spec",
-    "trimcaching-ls",
-    "trimcaching-gen-ls",
     "trimcaching-gen-density-ls",
+    "trimcaching-gen-ls",
+    "trimcaching-ls",
+    "trimcaching-spec",
     "trimcaching-spec-ls",
 )
 
