@@ -126,9 +126,7 @@ def test_no_import_cycles() -> None:
 
 
 # Being split by the work under way on them (issues #20, #21); strict: remove each once it fits.
-_SPLIT_PENDING: Final = (
-    "clients.multicast.session",
-)
+_SPLIT_PENDING: Final = ("clients.multicast.session",)
 
 
 @pytest.mark.parametrize(
