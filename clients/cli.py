@@ -14,6 +14,7 @@ from clients.config import DEFAULT_SOURCE, PullSettings
 __all__ = ("register",)
 
 SOURCES_ENV: Final = "CACHENET_SOURCES"
+CELL_ENV: Final = "CACHENET_CELL"
 _DEFAULTS: Final = PullSettings()
 _EXCERPT_CHARS: Final = 160
 _DEFAULT_K: Final = 10  # cachenet.knowledge.search.DEFAULT_K, which imports numpy
@@ -87,6 +88,11 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
         type=parse_rate,
         help="what this device's link takes, e.g. 20Mbit: the node keeps faster multicast groups from waiting for it",
     )
+    p.add_argument(
+        "--cell",
+        default=os.environ.get(CELL_ENV) or None,
+        help=f"this device's cell (a user id of the topology), counted with the pull's demand (default ${CELL_ENV})",
+    )
     p.add_argument("--no-fsync", dest="fsync", action="store_false", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -121,6 +127,7 @@ def _pull(args: argparse.Namespace) -> int:
         per_source_connections=args.per_source,
         stall_timeout_s=args.stall_timeout,
         fsync=args.fsync,
+        cell=args.cell,
     )
     out = None
     if args.write:
