@@ -1,5 +1,6 @@
-"""Node routes of the edge: its state and demand (read-only) and the placement plan (operator)."""
+"""Node routes of the edge: its state, holdings and demand (read-only) and the placement plan (operator)."""
 
+import asyncio
 import json
 from typing import Any
 
@@ -9,11 +10,13 @@ from cachenet.blockid import validate_blake3, validate_block_id
 from cachenet.edge.keys import cache_key, demand_key, manifests_key, settings_key
 from cachenet.errors import BadInput
 from cachenet.manifest import BlockRef
-from cachenet.server.httpbody import read_body
+from cachenet.protocol.codec import decode_json
+from cachenet.protocol.delivery import DeliverySchedule, HoldingsAnswer, PlanSchedule
+from cachenet.server.httpbody import message_response, read_body
 from cachenet.server.middlewares import require_token
 from cachenet.server.openapi import ApiDoc
 
-__all__ = ("add_node_routes", "parse_plan")
+__all__ = ("add_node_routes", "parse_plan", "parse_schedule")
 
 MAX_PLAN_BYTES = 64 * 1024 * 1024
 _PLAN_SCHEMA: dict[str, Any] = {
@@ -26,6 +29,8 @@ _PLAN_SCHEMA: dict[str, Any] = {
         "fetched": {"type": "integer"},
         "failed": {"type": "array"},
         "state": {"type": "string"},
+        "received": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "elapsed_s": {"type": ["number", "null"]},
     },
 }
 _STATE_SCHEMA: dict[str, Any] = {
@@ -60,6 +65,15 @@ def add_node_routes(app: web.Application, doc: ApiDoc) -> None:
     doc.route(
         r,
         "GET",
+        "/v1/node/holdings",
+        node_holdings,
+        summary="Blocks held (changes since a sequence number of an epoch, or all) and being fetched",
+        query={"epoch": {"type": "string", "maxLength": 64}, "since": {"type": "integer", "minimum": 0}},
+        schema=HoldingsAnswer,
+    )
+    doc.route(
+        r,
+        "GET",
         "/v1/node/demand",
         node_demand,
         summary="Decayed request counts per model revision and cell",
@@ -77,7 +91,11 @@ def add_node_routes(app: web.Application, doc: ApiDoc) -> None:
                 "schema": {
                     "type": "object",
                     "required": ["blocks"],
-                    "properties": {"plan_id": {"type": "string"}, "blocks": {"type": "array"}},
+                    "properties": {
+                        "plan_id": {"type": "string"},
+                        "blocks": {"type": "array"},
+                        "schedule": {"type": ["object", "null"]},
+                    },
                 }
             }
         },
@@ -127,6 +145,31 @@ async def node_state(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+async def node_holdings(request: web.Request) -> web.Response:
+    """GET /v1/node/holdings?epoch=E&since=N."""
+    app = request.app
+    cache = app[cache_key]
+    raw = request.query.get("since")
+    since: int | None = None
+    if raw is not None:
+        try:
+            since = int(raw)
+        except ValueError:
+            raise BadInput(f"since must be a non-negative integer, got {raw[:40]!r}") from None
+    log = cache.admission.holdings
+    full, added, removed = log.since(request.query.get("epoch"), since)
+    answer = HoldingsAnswer(
+        node_id=app[settings_key].node_id,
+        epoch=log.epoch,
+        seq=log.seq,
+        full=full,
+        added=added,
+        removed=removed,
+        fetching=cache.fetching(),
+    )
+    return message_response(answer)
+
+
 async def node_demand(request: web.Request) -> web.Response:
     """GET /v1/node/demand."""
     app = request.app
@@ -140,8 +183,9 @@ async def put_plan(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > MAX_PLAN_BYTES:
         raise BadInput(f"plan is over {MAX_PLAN_BYTES} bytes")
     raw = await read_body(request, limit=MAX_PLAN_BYTES)
-    plan_id, refs = parse_plan(raw)
-    status = await app[cache_key].apply_plan(plan_id, refs)
+    plan_id, refs = await asyncio.to_thread(parse_plan, raw)
+    schedule = await asyncio.to_thread(parse_schedule, raw)
+    status = await app[cache_key].apply_plan(plan_id, refs, schedule=schedule)
     return web.json_response(status.to_json(), status=202)
 
 
@@ -165,6 +209,17 @@ def parse_plan(raw: bytes) -> tuple[str, list[BlockRef]]:
             raise
         raise BadInput(f"a plan is {{'plan_id': str, 'blocks': [[block_id, blake3, size], ...]}}: {e}") from None
     return plan_id, refs
+
+
+def parse_schedule(raw: bytes) -> DeliverySchedule | None:
+    """The delivery schedule a plan body carries (None without one); raises `BadInput`."""
+    schedule = decode_json(raw, PlanSchedule, what="plan").schedule
+    if schedule is not None:
+        n = len(schedule.sources)
+        for block_id, route in schedule.routes.items():
+            if any(i >= n for i in route):
+                raise BadInput(f"plan schedule: block {block_id} names a source index over {n - 1}")
+    return schedule
 
 
 async def get_plan(request: web.Request) -> web.Response:
