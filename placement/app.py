@@ -43,6 +43,7 @@ def create_app(settings: ControllerSettings) -> web.Application:
         token=settings.token,
         spool_path=settings.data_dir / UNSAVED_RUNS_FILE,
         pace_links=settings.pace_links,
+        relay_delivery=settings.relay_delivery,
     )
     app[controller_key] = controller
     doc = ApiDoc("cachenet placement controller")

@@ -31,6 +31,9 @@ class ControllerSettings:
     # source of a plan's delivery at the rate of the topology's link to it.
     holdings_refresh_s: float = 1.0
     pace_links: bool = True
+    # False: the schedule is computed and the delivery followed, but nodes are not sent it (the
+    # baseline: each node fetches from peers that hold a block, else the origin).
+    relay_delivery: bool = True
 
     def __post_init__(self) -> None:
         if self.interval_s is not None and self.interval_s <= 0:

@@ -109,6 +109,7 @@ class Controller:
         token: str | None,
         spool_path: Path | None = None,
         pace_links: bool = True,
+        relay_delivery: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.topology = topology
@@ -127,6 +128,7 @@ class Controller:
         self._lock = asyncio.Lock()
         self.holdings = HoldingsTable(self.node_urls)
         self.pace_links = pace_links
+        self.relay_delivery = relay_delivery
         self.deliveries: list[DeliveryRecord] = []
         self._trackers: set[asyncio.Task[None]] = set()
 
@@ -453,7 +455,7 @@ class Controller:
                     to_fetch=[r.block_id for r in fetch],
                 )
                 body: dict[str, Any] = {"plan_id": plan_id, "blocks": [[r.block_id, r.blake3, r.size] for r in refs]}
-                if schedule is not None and self.topology.origin is not None:
+                if schedule is not None and self.topology.origin is not None and self.relay_delivery:
                     message = schedule_message(
                         server,
                         schedule,

@@ -153,11 +153,16 @@ async def node_holdings(request: web.Request) -> web.Response:
     since: int | None = None
     if raw is not None:
         try:
-            since = int(raw)
+            since = int(raw) if len(raw) <= 20 else -1
         except ValueError:
-            raise BadInput(f"since must be a non-negative integer, got {raw[:40]!r}") from None
+            since = -1
+        if since < 0:
+            raise BadInput(f"since must be a non-negative integer, got {raw[:40]!r}")
+    epoch = request.query.get("epoch")
+    if epoch is not None and len(epoch) > 64:
+        raise BadInput("epoch is at most 64 characters")
     log = cache.admission.holdings
-    full, added, removed = log.since(request.query.get("epoch"), since)
+    full, added, removed = log.since(epoch, since)
     answer = HoldingsAnswer(
         node_id=app[settings_key].node_id,
         epoch=log.epoch,
