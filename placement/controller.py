@@ -21,15 +21,17 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import aiohttp
-import msgspec
 
 from cachenet.atomicfile import atomic_write_bytes
 from cachenet.errors import BadInput, CachenetError, UpstreamUnavailable
 from cachenet.httpclient import auth_headers, raise_for_status
 from cachenet.manifest import BlockRef, ModelManifest
+from cachenet.protocol.codec import decode_json, encode_json
+from cachenet.protocol.node import NodeDemand, PlanRequest
+from cachenet.protocol.placement import PlacementRunList
 from placement.delivery import DeliverySchedulePlan, delivery_schedule
 from placement.holdings import HoldingsTable
 from placement.inputs import PlacementInputs
@@ -235,7 +237,7 @@ class Controller:
         self.unsaved = runs + self.unsaved
         log.warning("%d placement run(s) from %s not stored at the origin yet", len(runs), path)
 
-    async def recent_runs(self, *, limit: int = 20) -> tuple[list[dict[str, Any]], str]:
+    async def recent_runs(self, *, limit: int = 20) -> tuple[list[dict[str, Any]], Literal["origin", "memory"]]:
         """The latest runs, newest first, from the catalogue (or from memory when the origin is down).
 
         Returns the runs (each with `stored`: whether the catalogue has it) and where they came from.
@@ -247,9 +249,9 @@ class Controller:
                 timeout=_ORIGIN_RUNS_TIMEOUT,
             ) as resp:
                 await raise_for_status(resp)
-                rows = (await resp.json())["runs"]
-            runs = [{**r["summary"], "catalogue_id": r["id"], "stored": True} for r in rows]
-            source = "origin"
+                rows = decode_json(await resp.read(), PlacementRunList, what="the origin's placement runs").runs
+            runs = [{**r.summary, "catalogue_id": r.id, "stored": True} for r in rows]
+            source: Literal["origin", "memory"] = "origin"
         except (*_NETWORK_ERRORS, CachenetError, KeyError, TypeError) as e:
             log.warning("origin %s cannot list placement runs (%r); showing the runs in memory", self.origin_url, e)
             unsaved = {id(r) for r in self.unsaved}
@@ -369,12 +371,12 @@ class Controller:
             try:
                 async with self.session.get(f"{url}/v1/node/demand") as resp:
                     await raise_for_status(resp)
-                    rows = (await resp.json())["demand"]
-            except (aiohttp.ClientError, TimeoutError, OSError) as e:
-                log.warning("node %s unreachable for demand: %r", server, e)
+                    rows = decode_json(await resp.read(), NodeDemand, what=f"node {server}'s demand").demand
+            except (aiohttp.ClientError, TimeoutError, OSError, BadInput) as e:
+                log.warning("node %s unreachable for demand (or its answer is malformed): %r", server, e)
                 continue
             for row in rows:
-                model, cell, count = row["model"], row.get("cell"), float(row["count"])
+                model, cell, count = row.model, row.cell, row.count
                 if model not in model_names:
                     continue
                 targets = [cell] if cell in users else served_by.get(server) or list(users)
@@ -454,7 +456,7 @@ class Controller:
                     blocks_to_release=len(held - set(planned)),
                     to_fetch=[r.block_id for r in fetch],
                 )
-                body: dict[str, Any] = {"plan_id": plan_id, "blocks": [[r.block_id, r.blake3, r.size] for r in refs]}
+                message = None
                 if schedule is not None and self.topology.origin is not None and self.relay_delivery:
                     message = schedule_message(
                         server,
@@ -464,8 +466,9 @@ class Controller:
                         run=plan_id,
                         pace=self.pace_links,
                     )
-                    body["schedule"] = msgspec.to_builtins(message)
-                async with self.session.put(f"{url}/v1/node/plan", json=body, headers=auth_headers(self.token)) as resp:
+                body = encode_json(PlanRequest([(r.block_id, r.blake3, r.size) for r in refs], plan_id, message))
+                headers = {**auth_headers(self.token), "Content-Type": "application/json"}
+                async with self.session.put(f"{url}/v1/node/plan", data=body, headers=headers) as resp:
                     await raise_for_status(resp)
                 entry["pushed"] = True
             except Exception as e:  # a node down must not stop the others' plans

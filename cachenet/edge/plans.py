@@ -9,13 +9,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 from cachenet.edge.admission import Admission
 from cachenet.edge.config import EdgeSettings
 from cachenet.edge.persistence import load_plan, save_plan
 from cachenet.errors import CachenetError, CapacityExceeded
 from cachenet.manifest import BlockRef
+from cachenet.protocol.node import PlanProgress
 
 __all__ = ("PLAN_FETCH_CONCURRENCY", "PlanRunner", "PlanStatus")
 log = logging.getLogger(__name__)
@@ -40,18 +41,18 @@ class PlanStatus:
     started_at: float | None = None
     elapsed_s: float | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        """The plan's status as JSON."""
-        return {
-            "plan_id": self.plan_id,
-            "blocks": len(self.blocks),
-            "bytes": sum(r.size for r in self.blocks.values()),
-            "fetched": self.fetched,
-            "failed": self.failed[:50],
-            "state": self.state,
-            "received": dict(self.received),
-            "elapsed_s": self.elapsed_s,
-        }
+    def progress(self) -> PlanProgress:
+        """The plan's status as a message."""
+        return PlanProgress(
+            self.plan_id,
+            len(self.blocks),
+            sum(r.size for r in self.blocks.values()),
+            self.fetched,
+            self.failed[:50],
+            self.state,
+            dict(self.received),
+            self.elapsed_s,
+        )
 
 
 class PlanRunner:

@@ -18,7 +18,6 @@ __all__ = (
     "MAX_RELAY_PARENTS",
     "MAX_RELAY_SOURCES",
     "MAX_SCHEDULED_BLOCKS",
-    "PlanSchedule",
     "RelaySource",
 )
 
@@ -48,12 +47,6 @@ class DeliverySchedule(msgspec.Struct, frozen=True):
     ] = {}
     origin_rate: Rate | None = None
     run: ShortText = ""
-
-
-class PlanSchedule(msgspec.Struct, frozen=True):
-    """The schedule part of a plan body (the blocks are parsed by `cachenet.edge.routes.parse_plan`)."""
-
-    schedule: DeliverySchedule | None = None
 
 
 class HoldingsAnswer(msgspec.Struct, frozen=True):

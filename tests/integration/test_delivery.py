@@ -80,7 +80,7 @@ async def _cluster(
     manifest = origin.app[catalogue_key].manifest(BACKBONE)
     blocks = {b: r.size for b, r in manifest.unique_blocks().items()}
     edges = {
-        s: await edge_factory(origin=origin, node_id=s, capacity_bytes=200_000_000, upstream_timeout_s=5.0)
+        s: await edge_factory(origin=origin, node_id=s, capacity_bytes=200_000_000, upstream_timeout_s=30.0)
         for s in EDGES
         if s not in (external or {})
     }
