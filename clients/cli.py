@@ -14,6 +14,7 @@ from clients.config import DEFAULT_SOURCE, PullSettings
 __all__ = ("register",)
 
 SOURCES_ENV: Final = "CACHENET_SOURCES"
+CELL_ENV: Final = "CACHENET_CELL"
 _DEFAULTS: Final = PullSettings()
 _EXCERPT_CHARS: Final = 160
 _DEFAULT_K: Final = 10  # cachenet.knowledge.search.DEFAULT_K, which imports numpy
@@ -92,6 +93,11 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
         action="store_true",
         help="read each written file once more and check its SHA-256 (every block is verified anyway)",
     )
+    p.add_argument(
+        "--cell",
+        default=os.environ.get(CELL_ENV) or None,
+        help=f"this device's cell (a user id of the topology), counted with the pull's demand (default ${CELL_ENV})",
+    )
     p.add_argument("--no-fsync", dest="fsync", action="store_false", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -126,6 +132,7 @@ def _pull(args: argparse.Namespace) -> int:
         per_source_connections=args.per_source,
         stall_timeout_s=args.stall_timeout,
         fsync=args.fsync,
+        cell=args.cell,
     )
     out = None
     if args.write:

@@ -25,6 +25,8 @@ class PullSettings:
     write_chunk_bytes: int = 1024 * 1024
     assemble_threads: int = 2
     fsync: bool = True
+    # The device's cell (a user id of the topology), sent with the pull's demand.
+    cell: str | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1 or self.per_source_connections < 1:

@@ -196,7 +196,7 @@ async def pull(
 
 async def resolve_model(pool: SourcePool, name: str, revision: str) -> tuple[ModelManifest, ModelManifest | None]:
     """A model's manifest and, for a LoRA model, its base's (the exact revision it names)."""
-    manifest = await pool.manifest(name, revision)
+    manifest = await pool.manifest(name, revision, demand=True)
     base = await pool.manifest(manifest.base.name, manifest.base.revision) if manifest.base else None
     return manifest, base
 

@@ -28,6 +28,7 @@ from cachenet.errors import (
 from cachenet.httpclient import raise_for_status
 from cachenet.manifest import ModelManifest
 from cachenet.names import COMMIT_RE, validate_model_name, validate_revision
+from cachenet.protocol.headers import CELL_HEADER, DEMAND_HEADER
 from clients.config import DEFAULT_SETTINGS, PullSettings
 
 __all__ = ("NoSourceLeft", "Source", "SourcePool", "SourceReport")
@@ -162,10 +163,11 @@ class SourcePool:
         """The pool's clock."""
         return self._clock()
 
-    async def manifest(self, name: str, revision: str) -> ModelManifest:
+    async def manifest(self, name: str, revision: str, *, demand: bool = False) -> ModelManifest:
         """The manifest from the first source that has it; a commit id must match exactly.
 
-        Raises `ModelNotFound` when every source that answered lacks it,
+        `demand`: this is the model the device wants (the node counts it as a request, in the
+        settings' cell). Raises `ModelNotFound` when every source that answered lacks it,
         `UpstreamUnavailable` when none answered or every answer was invalid.
         """
         validate_model_name(name)
@@ -175,10 +177,13 @@ class SourcePool:
         )
         problems: list[str] = []
         not_found: CachenetError | None = None
+        headers = {DEMAND_HEADER: "1"} if demand else {}
+        if demand and self.settings.cell:
+            headers[CELL_HEADER] = self.settings.cell
         for src in self.sources:
             url = f"{src.url}/v1/models/{name}/revisions/{revision}"
             try:
-                async with self.session.get(url, timeout=timeout) as resp:
+                async with self.session.get(url, timeout=timeout, headers=headers) as resp:
                     await raise_for_status(resp)
                     manifest = ModelManifest.from_bytes(await resp.read())
             except NotFound as e:

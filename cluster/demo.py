@@ -1,6 +1,8 @@
 """The demo: publish the real model and LoRA variants, pull them back as devices would, summarise.
 
-One device downloads the model through the Hugging Face API of an edge node; then one
+The placement spreads the models over the nodes (the demo topology's backhaul is slow), and the
+plan is delivered along the relay tree: the demo shows the origin's egress and the bytes per
+link, planned vs measured. One device downloads the model through the Hugging Face API of an edge node; then one
 device per LoRA variant pulls its variant at the same time through the same node, which
 sends the shared backbone once by multicast and each adapter by unicast.
 """
@@ -46,15 +48,21 @@ async def run_demo(
     # Without block sharing every LoRA variant would be shipped as base + adapter.
     total = sum(r.total_bytes for r in reports) + base_bytes * DEMO_LORA_VARIANTS
     stored = sum(r.stored_bytes for r in reports)
+    origin_before = await _metric(origin_url, "cachenet_origin_bytes_served_total")
     async with aiohttp.ClientSession(headers=auth_headers(token)) as session:
         async with session.post(f"{controller_url}/v1/placement/recompute", json={"solver": "trimcaching-gen"}) as resp:
             await raise_for_status(resp)
             run = await resp.json()
-        for _ in range(600):  # wait for the nodes to fetch their planned blocks
-            async with session.get(f"{edge_url}/v1/node/plan") as resp:
-                if (await resp.json())["state"] in ("applied", "incomplete"):
-                    break
+        delivery: dict[str, Any] = {}
+        for _ in range(1200):  # wait for the nodes to fetch their planned blocks
+            async with session.get(f"{controller_url}/v1/deliveries") as resp:
+                listed = (await resp.json())["deliveries"]
+            delivery = listed[0] if listed else {}
+            if delivery.get("state", "delivering") != "delivering":
+                break
             await asyncio.sleep(0.1)
+    origin_sent = await _metric(origin_url, "cachenet_origin_bytes_served_total") - origin_before
+    spread = {n: v.get("blocks", 0) for n, v in run["nodes"].items()}
     device_dir = work_dir / "device"
     snapshot: str = await asyncio.to_thread(
         lambda: snapshot_download(REAL_MODEL_NAME, endpoint=edge_url, cache_dir=device_dir / "hf-cache")
@@ -71,6 +79,8 @@ async def run_demo(
         f"{format_bytes(total - stored)} deduplicated",
         f"placement (TrimCaching, {run['solver']}): expected hit ratio {run['hit_ratio']:.3f}, "
         f"bytes moved to the edge nodes {format_bytes(run['bytes_moved'])}",
+        f"placement spreads the models: blocks per node {spread}",
+        _delivery_line(delivery, origin_sent),
         f"device pull of {REAL_MODEL_NAME} from edge node {edge_url} (Hugging Face API): "
         f"{'byte-identical' if identical else 'MISMATCH'} ({snapshot})",
         multicast["line"],
@@ -84,6 +94,9 @@ async def run_demo(
         "device_pull_identical": identical,
         "hit_ratio": run["hit_ratio"],
         "bytes_moved": run["bytes_moved"],
+        "blocks_per_node": spread,
+        "delivery": delivery,
+        "origin_bytes_served": origin_sent,
         "multicast": {k: v for k, v in multicast.items() if k != "line"},
         "lines": lines,
     }
@@ -116,6 +129,27 @@ async def _concurrent_variant_pulls(edge_url: str, devices: Path) -> dict[str, A
         "unicast_only_bytes": unicast_only,
         "line": line,
     }
+
+
+def _delivery_line(delivery: dict[str, Any], origin_sent: float) -> str:
+    """The relay delivery of the run: origin egress, bytes per link planned vs measured, time."""
+    if not delivery:
+        return "relay delivery: not followed (no schedule)"
+    links = ", ".join(
+        f"{x['a']}-{x['b']} {format_bytes(x['planned'])}/{format_bytes(x['measured'])}" for x in delivery["links"]
+    )
+    time_s = delivery.get("time_s")
+    return (
+        f"relay delivery of run {delivery['run_id']} ({delivery['state']}"
+        f"{f', {time_s:.1f} s' if time_s is not None else ''}): the origin sent {format_bytes(origin_sent)}; "
+        f"per link planned/measured: {links}"
+    )
+
+
+async def _metric(url: str, name: str) -> float:
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as resp:
+        text = await resp.text()
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
 
 
 async def _egress(edge_url: str) -> dict[str, float]:

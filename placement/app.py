@@ -43,6 +43,8 @@ def create_app(settings: ControllerSettings) -> web.Application:
         node_urls=nodes,
         token=settings.token,
         spool_path=settings.data_dir / UNSAVED_RUNS_FILE,
+        pace_links=settings.pace_links,
+        relay_delivery=settings.relay_delivery,
     )
     app[controller_key] = controller
     doc = ApiDoc("cachenet placement controller")
@@ -84,8 +86,16 @@ def create_app(settings: ControllerSettings) -> web.Application:
         "GET",
         "/v1/lookup",
         lookup,
-        summary="Block id → URLs of the nodes that hold it",
+        summary="Block id → URLs of the nodes that hold it (as they report), and of those fetching it",
         schema=LookupTable,
+    )
+    doc.route(
+        r,
+        "GET",
+        "/v1/deliveries",
+        deliveries,
+        summary="Recent plans' deliveries: bytes per backhaul link planned vs measured, completion time",
+        schema={"type": "object", "required": ["deliveries"], "properties": {"deliveries": {"type": "array"}}},
     )
     doc.route(
         r,
@@ -134,7 +144,14 @@ async def runs(request: web.Request) -> web.Response:
 
 async def lookup(request: web.Request) -> web.Response:
     """GET /v1/lookup."""
-    return message_response(LookupTable(request.app[controller_key].lookup_table()))
+    controller = request.app[controller_key]
+    return message_response(LookupTable(controller.lookup_table(), controller.holdings.fetching()))
+
+
+async def deliveries(request: web.Request) -> web.Response:
+    """GET /v1/deliveries: newest first."""
+    listed = [d.to_json() for d in reversed(request.app[controller_key].deliveries)]
+    return web.json_response({"deliveries": listed})
 
 
 async def topology_view(request: web.Request) -> web.Response:
@@ -149,12 +166,22 @@ async def _healthz(request: web.Request) -> web.Response:
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     settings, controller = app[settings_key], app[controller_key]
     await controller.load_unsaved()
-    task = asyncio.create_task(_periodic(app)) if settings.interval_s else None
+    tasks = [asyncio.create_task(_refresh_holdings(app))]
+    if settings.interval_s:
+        tasks.append(asyncio.create_task(_periodic(app)))
     yield
-    if task is not None:
+    for task in tasks:
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    await asyncio.gather(*tasks, return_exceptions=True)
     await controller.close()
+
+
+async def _refresh_holdings(app: web.Application) -> None:
+    """Keep the lookup table: read what each node holds now (its changes since the last read)."""
+    settings, controller = app[settings_key], app[controller_key]
+    while True:
+        await controller.holdings.refresh(controller.session)
+        await asyncio.sleep(settings.holdings_refresh_s)
 
 
 async def _periodic(app: web.Application) -> None:

@@ -157,6 +157,20 @@ def _add_controller_command(sub: Any) -> None:
         "--interval", dest="interval_s", type=float, help="recompute every S seconds (default: only when asked)"
     )
     serve.add_argument("--solver", help="solver for periodic runs (default trimcaching-ls)")
+    serve.add_argument(
+        "--no-relay",
+        dest="relay_delivery",
+        action="store_false",
+        default=None,
+        help="do not send nodes the relay schedule (each fetches from peers, else the origin)",
+    )
+    serve.add_argument(
+        "--no-pace",
+        dest="pace_links",
+        action="store_false",
+        default=None,
+        help="nodes do not pace fetches at the topology's link rates (the links shape traffic themselves)",
+    )
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help=f"port (default {DEFAULT_CONTROLLER_PORT})")
     add_tls_arguments(serve)
@@ -187,7 +201,18 @@ def _serve(args: argparse.Namespace) -> int:
     from placement.app import create_app
     from placement.config import ControllerSettings
 
-    keys = ("topology", "origin_url", "data_dir", "token", "interval_s", "solver", "host", "port")
+    keys = (
+        "topology",
+        "origin_url",
+        "data_dir",
+        "token",
+        "interval_s",
+        "solver",
+        "host",
+        "port",
+        "relay_delivery",
+        "pace_links",
+    )
     overrides: dict[str, Any] = {k: getattr(args, k) for k in keys}
     overrides["nodes"] = tuple(args.nodes) if args.nodes else None
     settings = load_settings(ControllerSettings, args.config, os.environ, overrides)

@@ -27,10 +27,19 @@ class ControllerSettings:
     port: int = DEFAULT_CONTROLLER_PORT
     interval_s: float | None = None
     solver: str = "trimcaching-ls"
+    # How often the nodes' holdings (the lookup table) are read, and whether nodes pace each
+    # source of a plan's delivery at the rate of the topology's link to it.
+    holdings_refresh_s: float = 1.0
+    pace_links: bool = True
+    # False: the schedule is computed and the delivery followed, but nodes are not sent it (the
+    # baseline: each node fetches from peers that hold a block, else the origin).
+    relay_delivery: bool = True
 
     def __post_init__(self) -> None:
         if self.interval_s is not None and self.interval_s <= 0:
             raise BadInput(f"interval must be positive, got {self.interval_s}")
+        if self.holdings_refresh_s <= 0:
+            raise BadInput(f"holdings refresh must be positive, got {self.holdings_refresh_s}")
         for entry in self.nodes:
             if "=" not in entry:
                 raise BadInput(f"--node takes ID=URL, got {entry!r}")

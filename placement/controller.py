@@ -4,7 +4,10 @@ A recomputation reads every model's manifest from the origin (a LoRA model's blo
 its adapter's blocks plus its base's: that is where TrimCaching's sharing comes from), the
 decayed demand each edge node reports (a uniform prior when no node has seen a request),
 solves the placement off the event loop, and sends each node the set of blocks it must
-hold. The block → nodes lookup table follows the last plan.
+hold with its delivery schedule along the relay trees (`placement.delivery`: each block crosses
+each tree link once; nodes are sent their plans parents first) and follows the delivery
+(`placement.rollout`). The block → nodes lookup table is what the nodes report they hold
+(`placement.holdings`), never what they were told.
 
 Every run is stored in the origin's catalogue (`POST /v1/placement-runs`, issue #4): the
 controller imports nothing of `registry`. A run the origin cannot take yet stays in memory
@@ -27,11 +30,14 @@ from cachenet.errors import BadInput, CachenetError, UpstreamUnavailable
 from cachenet.httpclient import auth_headers, raise_for_status
 from cachenet.manifest import BlockRef, ModelManifest
 from cachenet.protocol.codec import decode_json, encode_json
-from cachenet.protocol.node import NodeDemand, NodeState, PlanRequest
+from cachenet.protocol.node import NodeDemand, PlanRequest
 from cachenet.protocol.placement import PlacementRunList
-from placement.curves import capacity_curve
+from placement.delivery import DeliverySchedulePlan, delivery_schedule
+from placement.holdings import HoldingsTable
+from placement.inputs import PlacementInputs
 from placement.problem import Placement, build_problem
-from placement.relay import relay_plan
+from placement.rollout import DeliveryRecord, backhaul_report, schedule_message, track_delivery
+from placement.simulation import capacity_curves
 from placement.solve import solve
 from placement.topology import Topology
 
@@ -46,6 +52,7 @@ log = logging.getLogger(__name__)
 SIMULATION_FRACTIONS: Final = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 SIMULATION_SOLVERS: Final = ("trimcaching-ls", "trimcaching-gen", "independent")
 MAX_UNSAVED_RUNS: Final = 100
+MAX_DELIVERIES_KEPT: Final = 20
 _ORIGIN_RUNS_TIMEOUT: Final = aiohttp.ClientTimeout(total=5, connect=2)
 _NETWORK_ERRORS: Final = (aiohttp.ClientError, TimeoutError, OSError, ValueError)
 
@@ -92,22 +99,6 @@ class RunSummary:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class PlacementInputs:
-    """What a recomputation solves over: block refs, model → {block id: size}, demand, latency."""
-
-    refs: dict[str, BlockRef]
-    models: dict[str, dict[str, int]]
-    demand: dict[tuple[str, str], float]
-    demand_source: str
-    latency: dict[str, float]
-
-    @property
-    def catalogue_bytes(self) -> int:
-        """Bytes of every distinct block of every model."""
-        return sum(r.size for r in self.refs.values())
-
-
 class Controller:
     """Recomputes placements for a topology and pushes them to the edge nodes."""
 
@@ -119,6 +110,8 @@ class Controller:
         node_urls: Mapping[str, str],
         token: str | None,
         spool_path: Path | None = None,
+        pace_links: bool = True,
+        relay_delivery: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.topology = topology
@@ -135,6 +128,11 @@ class Controller:
         self.unsaved: list[RunSummary] = []
         self._last_run_id: int | None = None
         self._lock = asyncio.Lock()
+        self.holdings = HoldingsTable(self.node_urls)
+        self.pace_links = pace_links
+        self.relay_delivery = relay_delivery
+        self.deliveries: list[DeliveryRecord] = []
+        self._trackers: set[asyncio.Task[None]] = set()
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -144,20 +142,16 @@ class Controller:
         return self._session
 
     async def close(self) -> None:
-        """Close the HTTP session."""
+        """Stop following deliveries; close the HTTP session."""
+        for task in list(self._trackers):
+            task.cancel()
+        await asyncio.gather(*self._trackers, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
 
     def lookup_table(self) -> dict[str, list[str]]:
-        """block id → URLs of the nodes told to hold it."""
-        table: dict[str, list[str]] = {}
-        for server, refs in self.plans.items():
-            url = self.node_urls.get(server)
-            if url is None:
-                continue
-            for ref in refs:
-                table.setdefault(ref.block_id, []).append(url)
-        return table
+        """block id → URLs of the nodes that reported holding it."""
+        return self.holdings.lookup()
 
     async def recompute(self, *, solver: str, options: Mapping[str, Any] | None = None) -> RunSummary:
         """Solve with `solver` and push the plans; one recomputation at a time."""
@@ -278,7 +272,7 @@ class Controller:
         Uses the inputs of the last run in this process, else gathers them now.
         """
         inputs = self.last_inputs or await self.gather_inputs()
-        return await asyncio.to_thread(_capacity_curves, self.topology, inputs, fractions, solvers)
+        return await asyncio.to_thread(capacity_curves, self.topology, inputs, fractions, solvers)
 
     async def _recompute(self, solver: str, options: dict[str, Any]) -> RunSummary:
         inputs = await self.gather_inputs()
@@ -292,7 +286,10 @@ class Controller:
             placement = Placement({}, {}, 0.0, solver, 0.0)
         runtime = time.perf_counter() - started
         plans = {s: [refs[b] for b in placement.blocks.get(s, ())] for s in self.topology.server_ids()}
-        nodes = await self._push(plans, plan_id=f"run-{run_id}")
+        await self.holdings.refresh(self.session)
+        schedule = await self._schedule(plans)
+        nodes = await self._push(plans, plan_id=f"run-{run_id}", schedule=schedule)
+        self._follow(run_id, f"run-{run_id}", nodes, schedule)
         summary = RunSummary(
             run_id=run_id,
             solver=solver,
@@ -308,7 +305,7 @@ class Controller:
                 "users": len(self.topology.users),
             },
             nodes=nodes,
-            backhaul=self._backhaul(nodes, refs),
+            backhaul=backhaul_report(self.topology, nodes, refs),
         )
         self.placement, self.plans, self.last_inputs = placement, plans, inputs
         self.runs.append(summary)
@@ -391,10 +388,55 @@ class Controller:
         n = len(users) * len(model_names)
         return {(u, m): 1.0 / n for u in users for m in model_names}, "uniform prior"
 
-    async def _push(self, plans: Mapping[str, list[BlockRef]], *, plan_id: str) -> dict[str, dict[str, Any]]:
-        """Diff each plan against what the node holds, then send it."""
+    async def _schedule(self, plans: Mapping[str, list[BlockRef]]) -> DeliverySchedulePlan | None:
+        """Relay trees for what each node lacks of its plan (None without an origin in the topology)."""
+        origin = self.topology.origin
+        if origin is None:
+            return None
+        needs = {
+            s: [r.block_id for r in refs if r.block_id not in (self.holdings.held(s) or set())]
+            for s, refs in plans.items()
+        }
+        sizes = {r.block_id: r.size for refs in plans.values() for r in refs}
+        try:
+            return await asyncio.to_thread(
+                delivery_schedule,
+                self.topology.graph,
+                origin,
+                needs={s: b for s, b in needs.items() if b},
+                block_sizes=sizes,
+                relays=set(self.node_urls),
+            )
+        except Exception as e:  # an unreachable server: nodes fetch as before (peers, origin)
+            log.warning("no delivery schedule for this plan: %r", e)
+            return None
+
+    def _follow(
+        self, run_id: int, plan_id: str, nodes: Mapping[str, Mapping[str, Any]], schedule: DeliverySchedulePlan | None
+    ) -> None:
+        """Follow the delivery of the plan just pushed (bytes per link measured vs planned)."""
+        origin = self.topology.origin
+        if schedule is None or origin is None:
+            return
+        pushed = {s: {"state": "pushed"} for s, n in nodes.items() if n.get("pushed")}
+        record = DeliveryRecord(run_id, plan_id, dict(schedule.planned), nodes=pushed)
+        self.deliveries.append(record)
+        del self.deliveries[:-MAX_DELIVERIES_KEPT]
+        task = asyncio.create_task(
+            track_delivery(record, self.session, node_urls=self.node_urls, graph=self.topology.graph, origin=origin)
+        )
+        self._trackers.add(task)
+        task.add_done_callback(self._trackers.discard)
+
+    async def _push(
+        self, plans: Mapping[str, list[BlockRef]], *, plan_id: str, schedule: DeliverySchedulePlan | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Diff each plan against what the node holds, then send it with its schedule, parents first."""
         out: dict[str, dict[str, Any]] = {}
-        for server, refs in plans.items():
+        first = list(schedule.order) if schedule is not None else []
+        order = [s for s in first if s in plans] + [s for s in plans if s not in first]
+        for server in order:
+            refs = plans[server]
             url = self.node_urls.get(server)
             planned = {r.block_id: r for r in refs}
             entry: dict[str, Any] = {"url": url, "blocks": len(planned), "bytes": sum(r.size for r in refs)}
@@ -404,10 +446,9 @@ class Controller:
                 out[server] = entry
                 continue
             try:
-                async with self.session.get(f"{url}/v1/node/state", params={"blocks": "1"}) as resp:
-                    await raise_for_status(resp)
-                    state = decode_json(await resp.read(), NodeState, what=f"node {server}'s state")
-                    held = set(state.block_ids or [])
+                held = self.holdings.held(server)
+                if held is None:
+                    raise UpstreamUnavailable(f"node {server} did not report its holdings", url=url)
                 fetch = [r for b, r in planned.items() if b not in held]
                 entry.update(
                     blocks_to_fetch=len(fetch),
@@ -415,7 +456,17 @@ class Controller:
                     blocks_to_release=len(held - set(planned)),
                     to_fetch=[r.block_id for r in fetch],
                 )
-                body = encode_json(PlanRequest([(r.block_id, r.blake3, r.size) for r in refs], plan_id))
+                message = None
+                if schedule is not None and self.topology.origin is not None and self.relay_delivery:
+                    message = schedule_message(
+                        server,
+                        schedule,
+                        node_urls=self.node_urls,
+                        origin=self.topology.origin,
+                        run=plan_id,
+                        pace=self.pace_links,
+                    )
+                body = encode_json(PlanRequest([(r.block_id, r.blake3, r.size) for r in refs], plan_id, message))
                 headers = {**auth_headers(self.token), "Content-Type": "application/json"}
                 async with self.session.put(f"{url}/v1/node/plan", data=body, headers=headers) as resp:
                     await raise_for_status(resp)
@@ -426,51 +477,6 @@ class Controller:
                 entry["error"] = str(e)[:300]
             out[server] = entry
         return out
-
-    def _backhaul(self, nodes: Mapping[str, Mapping[str, Any]], refs: Mapping[str, BlockRef]) -> dict[str, Any]:
-        """Bytes on backhaul links for the blocks to fetch, with and without relaying along a tree."""
-        origin = self.topology.origin
-        needs = {s: n.get("to_fetch", []) for s, n in nodes.items() if n.get("to_fetch")}
-        if origin is None or not needs:
-            return {"total_with_relay": 0, "total_without_relay": 0}
-        try:
-            report = relay_plan(
-                self.topology.graph, origin, needs=needs, block_sizes={b: r.size for b, r in refs.items()}
-            )
-        except Exception as e:  # an unreachable server only loses the report
-            return {"error": str(e)[:300]}
-        return {
-            "total_with_relay": report.total_with_relay,
-            "total_without_relay": report.total_without_relay,
-            "links": [
-                {"a": a, "b": b, "with_relay": v, "without_relay": report.without_relay.get((a, b), 0)}
-                for (a, b), v in report.with_relay.items()
-            ],
-        }
-
-
-def _capacity_curves(
-    topology: Topology, inputs: PlacementInputs, fractions: Sequence[float], solvers: Sequence[str]
-) -> dict[str, Any]:
-    """Solve the same demand with every server's capacity set to each fraction of the catalogue."""
-    total = inputs.catalogue_bytes
-    if not inputs.models or total <= 0:
-        return {"available": False, "reason": "no model is published yet"}
-    problem = build_problem(topology, inputs.models, inputs.demand, latency_requirements=inputs.latency or None)
-    per_server = [max(1, int(fraction * total)) for fraction in fractions]
-    curves = capacity_curve(problem, per_server, solvers)
-    for points in curves.values():
-        for point, fraction in zip(points, fractions, strict=True):
-            point["fraction"] = fraction
-    capacities = [s.capacity_bytes for s in topology.servers]
-    return {
-        "available": True,
-        "catalogue_bytes": total,
-        "models": len(inputs.models),
-        "demand": inputs.demand_source,
-        "current_fraction": sum(capacities) / len(capacities) / total if capacities else None,
-        "curves": curves,
-    }
 
 
 def _write_file(path: Path, data: bytes) -> None:

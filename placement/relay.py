@@ -18,7 +18,7 @@ from networkx.algorithms.approximation import steiner_tree
 
 from placement.errors import SolverRefused, Unreachable
 
-__all__ = ("RelayReport", "relay_plan")
+__all__ = ("Link", "RelayReport", "relay_plan", "tree_links")
 
 Link = tuple[str, str]
 
@@ -78,13 +78,13 @@ def relay_plan(
                 without_relay[link] += size
         key = frozenset(servers)
         if key not in trees:
-            trees[key] = _tree_links(graph, origin, servers, paths, method, weight)
+            trees[key] = tree_links(graph, origin, servers, paths, method, weight)
         for link in trees[key]:
             with_relay[link] += size
     return RelayReport(with_relay=dict(with_relay), without_relay=dict(without_relay))
 
 
-def _tree_links(
+def tree_links(
     graph: nx.Graph,
     origin: str,
     servers: set[str],
@@ -92,6 +92,7 @@ def _tree_links(
     method: str,
     weight: str,
 ) -> list[Link]:
+    """The links of the tree that carries a block from `origin` to `servers` (ends sorted)."""
     terminals = sorted(servers | {origin})
     if len(terminals) == 1:
         return []

@@ -53,7 +53,14 @@ def create_app(settings: OriginSettings) -> web.Application:
     add_operator_routes(app, doc)
     add_knowledge_routes(app, doc)
     mirror = _make_mirror(settings, catalogue, store)
-    add_device_routes(app, OriginSource(catalogue, store, mirror=mirror), doc)
+    served = Counter(
+        "cachenet_origin_bytes_served",
+        "Bytes of block and file bodies sent whole to devices and nodes",
+        registry=registry,
+    )
+    add_device_routes(
+        app, OriginSource(catalogue, store, mirror=mirror), doc, on_sent=lambda _request, n: served.inc(n)
+    )
     app.cleanup_ctx.append(_close_catalogue)
     if mirror is not None:
         app.on_response_prepare.append(_add_stale_ref_header)

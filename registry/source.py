@@ -54,7 +54,7 @@ class OriginSource:
             blake3 = known[block_id][0] if block_id in known else None
         return LocalBlock(path, size, blake3)
 
-    def note_request(self, manifest: ModelManifest, f: FileManifest, *, cell: str | None) -> None:
+    def note_request(self, manifest: ModelManifest, f: FileManifest | None, *, cell: str | None) -> None:
         """The origin keeps no demand statistics (edge nodes do)."""
 
 

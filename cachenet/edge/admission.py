@@ -17,6 +17,7 @@ from cachenet.blockid import BlockHasher
 from cachenet.blockstore import BlockStore
 from cachenet.blockwriters import BlockWriter
 from cachenet.edge.config import EdgeSettings
+from cachenet.edge.holdings import HoldingsLog
 from cachenet.edge.metrics import EdgeMetrics
 from cachenet.edge.persistence import load_policy, save_policy
 from cachenet.errors import BlockCorrupt, CapacityExceeded
@@ -47,6 +48,8 @@ class Admission:
         )
         # The plan's blocks: never evicted (set by the plan runner).
         self.pins: Mapping[str, BlockRef] = {}
+        # What the store holds, as changes the controller reads (its lookup table).
+        self.holdings = HoldingsLog(self.store.ids)
         self._spool = settings.data_dir / "spool"
         self._spool.mkdir(parents=True, exist_ok=True)
         for leftover in self._spool.iterdir():
@@ -70,6 +73,7 @@ class Admission:
     def stored(self, block_id: str, size: int, *, model: str | None) -> None:
         """A block entered the store: the policy learns of it."""
         self.policy.insert(block_id, size, models=[model] if model else [])
+        self.holdings.added(block_id)
         self.refresh_gauges()
 
     def spooled(self, path: Path) -> None:
@@ -80,6 +84,7 @@ class Admission:
         """A block failed verification on disk (`BlockStore.verify` quarantined it): forget and count it."""
         log.error("block %s was corrupt on disk (found by %s); quarantined, will be re-fetched", block_id, found_by)
         self.metrics.corrupt_blocks.labels(found_by).inc()
+        self.holdings.removed(block_id)
         self.policy.remove(block_id)
         self.refresh_gauges()
 
@@ -113,6 +118,7 @@ class Admission:
         for block_id in victims:
             if block_id in self.pins:
                 continue
+            self.holdings.removed(block_id)
             await asyncio.to_thread(self.store.delete, block_id)
             self.policy.remove(block_id)
             self.metrics.evictions.labels(self.settings.policy).inc()

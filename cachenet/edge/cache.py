@@ -26,6 +26,7 @@ from cachenet.edge.scrub import scrub_forever
 from cachenet.edge.upstream import UpstreamFetcher
 from cachenet.errors import BlockNotFound, CapacityExceeded
 from cachenet.manifest import BlockRef, ModelManifest
+from cachenet.protocol.delivery import DeliverySchedule
 from cachenet.server.deviceapi import BlockHandle, LocalBlock
 from cachenet.server.flight import Flight
 from placement.replacement import ReplacementPolicy
@@ -95,12 +96,22 @@ class EdgeCache:
         for ref in manifest.unique_blocks().values():
             self.blake3_of[ref.block_id] = ref.blake3
 
-    async def apply_plan(self, plan_id: str, refs: Iterable[BlockRef]) -> PlanStatus:
-        """Pin exactly `refs`, release what the previous plan pinned, fetch what is missing."""
+    async def apply_plan(
+        self, plan_id: str, refs: Iterable[BlockRef], *, schedule: DeliverySchedule | None = None
+    ) -> PlanStatus:
+        """Pin exactly `refs`, release what the previous plan pinned, fetch what is missing (along `schedule`)."""
         refs = list(refs)
         for r in refs:
             self.blake3_of.setdefault(r.block_id, r.blake3)
-        return await self.plans.apply(plan_id, refs)
+        await self.plans.close()
+        self.upstream.set_schedule(schedule)
+        status = await self.plans.apply(plan_id, refs)
+        status.received = self.upstream.received
+        return status
+
+    def fetching(self) -> list[str]:
+        """Blocks being fetched now."""
+        return sorted(self.upstream.flights)
 
     def pinned_bytes(self) -> int:
         """Bytes of pinned blocks the store holds."""

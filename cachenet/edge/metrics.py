@@ -19,7 +19,7 @@ class EdgeMetrics:
         self.bytes_served = Counter("cachenet_edge_bytes_served", "Bytes of blocks handed to requesters", registry=r)
         self.bytes_fetched = Counter(
             "cachenet_edge_bytes_fetched",
-            "Bytes fetched upstream by source kind (peer, origin)",
+            "Bytes fetched upstream by source kind (parent in a relay tree, peer, origin)",
             ["source"],
             registry=r,
         )

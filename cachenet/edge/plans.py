@@ -6,6 +6,7 @@ restored at start, and a restored plan's missing blocks are fetched again.
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final
@@ -35,6 +36,10 @@ class PlanStatus:
     fetched: int = 0
     failed: list[str] = field(default_factory=list)
     state: str = "none"
+    # Delivery (issue #22): bytes received per source URL, and how long fetching took.
+    received: dict[str, int] = field(default_factory=dict)
+    started_at: float | None = None
+    elapsed_s: float | None = None
 
     def progress(self) -> PlanProgress:
         """The plan's status as a message."""
@@ -45,6 +50,8 @@ class PlanStatus:
             self.fetched,
             self.failed[:50],
             self.state,
+            dict(self.received),
+            self.elapsed_s,
         )
 
 
@@ -79,7 +86,7 @@ class PlanRunner:
         policy.unpin(released)
         policy.pin(blocks)
         await self.close()
-        self.plan = PlanStatus(plan_id, blocks, state="fetching")
+        self.plan = PlanStatus(plan_id, blocks, state="fetching", started_at=time.monotonic())
         self.admission.pins = blocks
         save_plan(self.settings.data_dir, plan_id, blocks)
         self._task = asyncio.create_task(self._fetch_plan(self.plan))
@@ -121,4 +128,6 @@ class PlanRunner:
 
         await asyncio.gather(*(one(r) for r in plan.blocks.values()))
         plan.state = "applied" if not plan.failed else "incomplete"
+        if plan.started_at is not None:
+            plan.elapsed_s = time.monotonic() - plan.started_at
         self.admission.refresh_gauges()

@@ -1,4 +1,6 @@
-"""Node routes of the edge: its state and demand (read-only) and the placement plan (operator)."""
+"""Node routes of the edge: its state, holdings and demand (read-only) and the placement plan (operator)."""
+
+import asyncio
 
 from aiohttp import web
 
@@ -6,12 +8,13 @@ from cachenet.edge.keys import cache_key, demand_key, manifests_key, settings_ke
 from cachenet.errors import BadInput
 from cachenet.manifest import BlockRef
 from cachenet.protocol.codec import decode_json
+from cachenet.protocol.delivery import DeliverySchedule, HoldingsAnswer
 from cachenet.protocol.node import ModelHolding, NodeDemand, NodeState, PlanProgress, PlanRequest
 from cachenet.server.httpbody import message_response, read_body
 from cachenet.server.middlewares import require_token
 from cachenet.server.openapi import ApiDoc
 
-__all__ = ("add_node_routes", "parse_plan")
+__all__ = ("add_node_routes", "parse_plan", "parse_plan_request")
 
 MAX_PLAN_BYTES = 64 * 1024 * 1024
 
@@ -27,6 +30,15 @@ def add_node_routes(app: web.Application, doc: ApiDoc) -> None:
         summary="Capacity, bytes used, pinned vs cached, per-model completeness",
         query={"blocks": {"type": "string", "enum": ["0", "1"]}},
         schema=NodeState,
+    )
+    doc.route(
+        r,
+        "GET",
+        "/v1/node/holdings",
+        node_holdings,
+        summary="Blocks held (changes since a sequence number of an epoch, or all) and being fetched",
+        query={"epoch": {"type": "string", "maxLength": 64}, "since": {"type": "integer", "minimum": 0}},
+        schema=HoldingsAnswer,
     )
     doc.route(
         r,
@@ -81,6 +93,36 @@ async def node_state(request: web.Request) -> web.Response:
     return message_response(state)
 
 
+async def node_holdings(request: web.Request) -> web.Response:
+    """GET /v1/node/holdings?epoch=E&since=N."""
+    app = request.app
+    cache = app[cache_key]
+    raw = request.query.get("since")
+    since: int | None = None
+    if raw is not None:
+        try:
+            since = int(raw) if len(raw) <= 20 else -1
+        except ValueError:
+            since = -1
+        if since < 0:
+            raise BadInput(f"since must be a non-negative integer, got {raw[:40]!r}")
+    epoch = request.query.get("epoch")
+    if epoch is not None and len(epoch) > 64:
+        raise BadInput("epoch is at most 64 characters")
+    log = cache.admission.holdings
+    full, added, removed = log.since(epoch, since)
+    answer = HoldingsAnswer(
+        node_id=app[settings_key].node_id,
+        epoch=log.epoch,
+        seq=log.seq,
+        full=full,
+        added=added,
+        removed=removed,
+        fetching=cache.fetching(),
+    )
+    return message_response(answer)
+
+
 async def node_demand(request: web.Request) -> web.Response:
     """GET /v1/node/demand."""
     app = request.app
@@ -94,17 +136,30 @@ async def put_plan(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > MAX_PLAN_BYTES:
         raise BadInput(f"plan is over {MAX_PLAN_BYTES} bytes")
     raw = await read_body(request, limit=MAX_PLAN_BYTES)
-    plan_id, refs = parse_plan(raw)
-    status = await app[cache_key].apply_plan(plan_id, refs)
+    plan_id, refs, schedule = await asyncio.to_thread(parse_plan_request, raw)
+    status = await app[cache_key].apply_plan(plan_id, refs, schedule=schedule)
     return message_response(status.progress(), status=202)
 
 
 def parse_plan(raw: bytes) -> tuple[str, list[BlockRef]]:
     """The plan id and blocks of a plan body; raises `BadInput` (never anything else)."""
+    plan_id, refs, _ = parse_plan_request(raw)
+    return plan_id, refs
+
+
+def parse_plan_request(raw: bytes) -> tuple[str, list[BlockRef], DeliverySchedule | None]:
+    """The plan id, blocks and delivery schedule (None without one) of a plan body; raises `BadInput`."""
     if len(raw) > MAX_PLAN_BYTES:
         raise BadInput(f"plan is over {MAX_PLAN_BYTES} bytes")
     plan = decode_json(raw, PlanRequest, what="plan")
-    return (plan.plan_id or "manual")[:64], [BlockRef(block_id, blake3, size) for block_id, blake3, size in plan.blocks]
+    schedule = plan.schedule
+    if schedule is not None:
+        n = len(schedule.sources)
+        for block_id, route in schedule.routes.items():
+            if any(i >= n for i in route):
+                raise BadInput(f"plan schedule: block {block_id} names a source index over {n - 1}")
+    refs = [BlockRef(block_id, blake3, size) for block_id, blake3, size in plan.blocks]
+    return (plan.plan_id or "manual")[:64], refs, schedule
 
 
 async def get_plan(request: web.Request) -> web.Response:

@@ -64,9 +64,9 @@ class EdgeSource:
         self.cache.metrics.bytes_served.inc(handle.size)
         return handle
 
-    def note_request(self, manifest: ModelManifest, f: FileManifest, *, cell: str | None) -> None:
-        """Count demand: a whole model's files add up to one request."""
-        weight = f.size / manifest.total_size if manifest.total_size else 1.0
+    def note_request(self, manifest: ModelManifest, f: FileManifest | None, *, cell: str | None) -> None:
+        """Count demand: a pull's manifest (`f` None) is one request, and so are a whole model's files."""
+        weight = f.size / manifest.total_size if f is not None and manifest.total_size else 1.0
         self.demand.record(manifest.name, manifest.revision, cell=cell, weight=weight)
         self.cache.policy.record_request(manifest.name, weight=weight)
         if manifest.base is not None:

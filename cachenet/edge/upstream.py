@@ -1,5 +1,11 @@
 """Fetching blocks an edge node lacks: one transfer per block (single flight), peers first, the origin last.
 
+A plan's delivery schedule (issue #22) puts the block's parents in the relay tree first: a parent
+is asked without `X-Cachenet-Only-If-Cached`, so it joins (or starts) its own fetch of the block
+and streams the bytes to us as they arrive; the last bytes are held back until it verified them,
+and we verify them again (BLAKE3 from the plan). Fetches from one source share the rate the
+schedule gives its link.
+
 Peers that hold the block (by the controller's lookup table, or every configured peer when
 there is no table) are asked with `X-Cachenet-Only-If-Cached`, so misses never cascade; the
 origin is asked last and is the root of trust (its BLAKE3 header is accepted when no manifest
@@ -18,8 +24,10 @@ from cachenet.edge.admission import Admission, Sink
 from cachenet.edge.config import EdgeSettings
 from cachenet.edge.metrics import EdgeMetrics
 from cachenet.errors import BlockCorrupt, BlockNotFound, CachenetError, CapacityExceeded, UpstreamUnavailable
+from cachenet.protocol.delivery import DeliverySchedule
 from cachenet.protocol.headers import BLAKE3_HEADER, ONLY_IF_CACHED_HEADER
 from cachenet.server.flight import Flight
+from cachenet.server.pacer import TokenBucket
 
 __all__ = ("UpstreamFetcher",)
 log = logging.getLogger(__name__)
@@ -37,6 +45,12 @@ class UpstreamFetcher:
         self.flights: dict[str, Flight] = {}
         # Block id -> URLs of the nodes that hold it (the controller's table).
         self.lookup: dict[str, list[str]] = {}
+        # Block id -> URLs of its parents in the plan's relay tree, nearest first.
+        self.parents: dict[str, list[str]] = {}
+        self.schedule_run = ""
+        # Bytes received per source URL since the schedule was set (the measured side of a delivery).
+        self.received: dict[str, int] = {}
+        self._buckets: dict[str, TokenBucket] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
 
@@ -64,11 +78,32 @@ class UpstreamFetcher:
         return flight
 
     def sources(self, block_id: str) -> list[tuple[str, str]]:
-        """(kind, URL) to try for a block: peers that hold it, then the origin."""
+        """(kind, URL) to try for a block: its parents in the relay tree, peers that hold it, then the origin."""
         me = self.settings.url
+        parents = [u for u in self.parents.get(block_id, []) if u != me]
         holders = [u for u in self.lookup.get(block_id, []) if u.rstrip("/") != me]
-        peers = holders if self.lookup else list(self.settings.peers)
-        return [("peer", p.rstrip("/")) for p in peers] + [("origin", self.settings.origin_url.rstrip("/"))]
+        peers = [p.rstrip("/") for p in (holders if self.lookup else self.settings.peers)]
+        return (
+            [("parent", p) for p in parents]
+            + [("peer", p) for p in peers if p not in parents]
+            + [("origin", self.settings.origin_url.rstrip("/"))]
+        )
+
+    def set_schedule(self, schedule: DeliverySchedule | None) -> None:
+        """Fetch planned blocks along `schedule` (None: peers and origin), pacing each source's link."""
+        self.received = {}
+        self._buckets = {}
+        if schedule is None:
+            self.parents, self.schedule_run = {}, ""
+            return
+        urls = [s.url.rstrip("/") for s in schedule.sources]
+        self.parents = {b: [urls[i] for i in route] for b, route in schedule.routes.items()}
+        self.schedule_run = schedule.run
+        for source, url in zip(schedule.sources, urls, strict=True):
+            if source.rate is not None:
+                self._buckets[url] = TokenBucket(source.rate)
+        if schedule.origin_rate is not None:
+            self._buckets[self.settings.origin_url.rstrip("/")] = TokenBucket(schedule.origin_rate)
 
     async def close(self) -> None:
         """Cancel the transfers under way and close the session."""
@@ -118,6 +153,7 @@ class UpstreamFetcher:
         )
 
     async def _fetch_from(self, flight: Flight, kind: str, url: str, model: str | None) -> Path:
+        # A parent is asked to fetch what it lacks (it is scheduled to hold it); a peer is not.
         headers = {ONLY_IF_CACHED_HEADER: "1"} if kind == "peer" else {}
         async with self.session.get(f"{url}/v1/blocks/{flight.block_id}", headers=headers) as resp:
             try:
@@ -151,14 +187,20 @@ class UpstreamFetcher:
             raise UpstreamUnavailable(f"no BLAKE3 known for {flight.block_id}; only the origin is trusted")
         sink = await self.admission.open_sink(flight.block_id, size, flight.blake3)
         flight.stored = sink.stored
-        await flight.begin_attempt(sink.path, size, trusted=kind == "origin")
+        # A parent's bytes are streamed on like the origin's: the plan gave their BLAKE3, and the
+        # last bytes reach no one before they verified.
+        await flight.begin_attempt(sink.path, size, trusted=kind in ("origin", "parent"))
+        bucket = self._buckets.get(url)
         try:
             written = 0
             async for chunk in resp.content.iter_chunked(_CHUNK_BYTES):
                 if written + len(chunk) > size:
                     raise BlockCorrupt(f"{url} sent more than {size} bytes for {flight.block_id}")
+                if bucket is not None:
+                    await bucket.pace(len(chunk))
                 await asyncio.to_thread(sink.write, chunk)
                 written += len(chunk)
+                self.received[url] = self.received.get(url, 0) + len(chunk)
                 await flight.progress(written)
             if written != size:
                 raise UpstreamUnavailable(f"{url} sent {written} of {size} bytes for {flight.block_id}")

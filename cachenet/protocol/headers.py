@@ -5,6 +5,7 @@ from typing import Final
 __all__ = (
     "BLAKE3_HEADER",
     "CELL_HEADER",
+    "DEMAND_HEADER",
     "HF_COMMIT_HEADER",
     "HF_LINKED_ETAG_HEADER",
     "HF_LINKED_SIZE_HEADER",
@@ -18,6 +19,9 @@ __all__ = (
 BLAKE3_HEADER: Final = "X-Block-Blake3"
 # The device's cell (where it is), for demand statistics per cell.
 CELL_HEADER: Final = "X-Cachenet-Cell"
+# "1" on the manifest request of the model a device pulls (not its base's): that request counts
+# as one request for the model in the node's demand, as the files of an HF download add up to one.
+DEMAND_HEADER: Final = "X-Cachenet-Demand"
 # "1": answer from what the node holds, never fetch upstream (peers ask so; misses never cascade).
 ONLY_IF_CACHED_HEADER: Final = "X-Cachenet-Only-If-Cached"
 # Sent by multicast members fetching the pieces they lost (the session id): counted as repair.

@@ -4,6 +4,7 @@ from typing import Annotated, Final
 
 import msgspec
 
+from cachenet.protocol.delivery import DeliverySchedule
 from cachenet.protocol.manifest import BlockEntry
 from cachenet.protocol.types import ShortText
 
@@ -18,6 +19,8 @@ class PlanRequest(msgspec.Struct, frozen=True):
 
     blocks: Annotated[list[BlockEntry], msgspec.Meta(max_length=MAX_PLAN_BLOCKS)]
     plan_id: ShortText | None = None  # nodes keep its first 64 characters; none: "manual"
+    # Where each block comes from: parents in the relay tree (issue #22); none: peers, then the origin.
+    schedule: DeliverySchedule | None = None
 
 
 class PlanProgress(msgspec.Struct, frozen=True):
@@ -29,6 +32,9 @@ class PlanProgress(msgspec.Struct, frozen=True):
     fetched: int
     failed: list[str]
     state: str
+    # Bytes received per source URL for this plan, and how long fetching took (issue #22).
+    received: dict[str, int] = {}
+    elapsed_s: float | None = None
 
 
 class ModelHolding(msgspec.Struct, frozen=True):

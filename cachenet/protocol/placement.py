@@ -76,9 +76,10 @@ class CurrentPlacement(msgspec.Struct, frozen=True):
 
 
 class LookupTable(msgspec.Struct, frozen=True):
-    """GET /v1/lookup: block id -> URLs of the nodes that hold it."""
+    """GET /v1/lookup: block id -> URLs of the nodes that hold it (as they report), and of those fetching it."""
 
     blocks: dict[str, list[str]]
+    fetching: dict[str, list[str]] = {}
 
 
 class TopologyServer(msgspec.Struct, frozen=True):

@@ -30,6 +30,7 @@ from cachenet.names import parse_cell, validate_file_path, validate_model_name, 
 from cachenet.protocol.headers import (
     BLAKE3_HEADER,
     CELL_HEADER,
+    DEMAND_HEADER,
     HF_COMMIT_HEADER,
     HF_LINKED_ETAG_HEADER,
     HF_LINKED_SIZE_HEADER,
@@ -146,8 +147,8 @@ class ModelSource(Protocol):
         """
         ...
 
-    def note_request(self, manifest: ModelManifest, f: FileManifest, *, cell: str | None) -> None:
-        """Count a device's request for a file of a model (demand statistics)."""
+    def note_request(self, manifest: ModelManifest, f: FileManifest | None, *, cell: str | None) -> None:
+        """Count a device's request for a file of a model, or for the whole model (`f` None): demand."""
         ...
 
 
@@ -314,6 +315,8 @@ class _DeviceApi:
 
     async def get_manifest(self, request: web.Request) -> web.Response:
         manifest = await self._manifest(request)
+        if request.headers.get(DEMAND_HEADER) == "1":
+            self.source.note_request(manifest, None, cell=request.headers.get(CELL_HEADER))
         headers = {"ETag": f'"{manifest.revision}"', HF_COMMIT_HEADER: manifest.revision}
         if validate_revision(request.match_info["revision"]) == manifest.revision:
             headers["Cache-Control"] = IMMUTABLE

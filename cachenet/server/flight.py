@@ -99,7 +99,12 @@ class Flight:
         path = self.path
         if path is None:
             raise UpstreamUnavailable(f"block {self.block_id}: transfer has not started")
-        fd = os.open(path, os.O_RDONLY)  # stays valid after the file is renamed or unlinked
+        try:
+            fd = os.open(path, os.O_RDONLY)  # stays valid after the file is renamed or unlinked
+        except FileNotFoundError:  # the attempt failed and its file went before we opened it
+            raise UpstreamUnavailable(
+                f"block {self.block_id}: upstream transfer failed", block_id=self.block_id
+            ) from None
         try:
             position = start
             while position < end:

@@ -230,6 +230,26 @@ function renderRuns(doc) {
   renderMovedChart(runs.slice().reverse());
 }
 
+function renderDeliveries(doc) {
+  const head = el("tr", {}, ...["run", "state", "time", "link", "planned", "measured", "measured / planned"]
+    .map((t, i) => el("th", { class: i >= 4 ? "num" : "", text: t })));
+  const rows = [];
+  for (const d of doc.deliveries.slice(0, 5)) {
+    const time = d.time_s === null ? "–" : `${d.time_s.toFixed(2)} s`;
+    const links = d.links.length ? d.links : [{ a: "–", b: "–", planned: 0, measured: 0 }];
+    links.forEach((l, i) => rows.push(el("tr", { class: `delivery-${d.run_id}` },
+      el("td", { text: i === 0 ? `#${d.run_id}` : "" }),
+      el("td", { text: i === 0 ? d.state : "" }),
+      el("td", { text: i === 0 ? time : "" }),
+      el("td", { text: `${l.a} – ${l.b}` }),
+      el("td", { class: "num", text: fmtBytes(l.planned) }),
+      el("td", { class: "num", text: fmtBytes(l.measured) }),
+      el("td", { class: "num", text: l.planned ? (l.measured / l.planned).toFixed(2) : "–" }))));
+  }
+  if (!rows.length) rows.push(el("tr", {}, el("td", { class: "muted", text: "no delivery yet" })));
+  replace($("deliveries"), head, ...rows);
+}
+
 function renderMovedChart(runs) {
   const box = $("moved-chart");
   const W = 480, H = 220, L = 58, R = 12, T = 18, B = 30;
@@ -331,7 +351,9 @@ function renderSimulation(sim) {
 
 async function refresh() {
   const errors = [];
-  const [cluster, runs] = await Promise.allSettled([getJSON("/v1/cluster"), getJSON("/v1/runs?limit=20")]);
+  const [cluster, runs, deliveries] = await Promise.allSettled([
+    getJSON("/v1/cluster"), getJSON("/v1/runs?limit=20"), getJSON("/v1/deliveries")]);
+  if (deliveries.status === "fulfilled") renderDeliveries(deliveries.value);
   if (cluster.status === "fulfilled") {
     const c = cluster.value;
     $("topology-name").textContent = `topology ${c.topology.name} · origin ${c.origin_url}`;
