@@ -33,6 +33,7 @@ from tests.conftest import OPERATOR_TOKEN
 
 NAME = "acme/tiny"
 MISSING_COMMIT = "0" * 40
+LARGE_BYTES = 11 * 1024 * 1024 + 17
 
 
 def _url(server: TestServer) -> str:
@@ -51,6 +52,8 @@ def _model_folder(root: Path) -> Path:
     (folder / "README.md").write_text("# tiny\n")
     rng = np.random.default_rng(7)
     save_file({"w": rng.standard_normal((64, 8)).astype(np.float32)}, str(folder / "model.safetensors"))
+    # Over 10 MiB: an LFS file though not safetensors (huggingface_hub with hf_xet falls back to HTTP).
+    (folder / "pytorch_model.bin").write_bytes(rng.bytes(LARGE_BYTES))
     return folder
 
 
@@ -113,7 +116,15 @@ async def test_paths_info_refs_commits_and_files_metadata(node: tuple[str, Path]
         info = api.model_info(NAME, files_metadata=True)
         assert info.sha is not None and len(info.sha) == 40
         siblings = {s.rfilename: s for s in info.siblings or []}
-        assert set(siblings) == {"config.json", "tokenizer/vocab.txt", "README.md", "model.safetensors"}
+        assert set(siblings) == {
+            "config.json",
+            "tokenizer/vocab.txt",
+            "README.md",
+            "model.safetensors",
+            "pytorch_model.bin",
+        }
+        big = siblings["pytorch_model.bin"].lfs
+        assert big is not None and big.size == LARGE_BYTES
         assert siblings["config.json"].blob_id == _git_blob(config)
         assert siblings["config.json"].size == len(config)
         assert siblings["config.json"].lfs is None
@@ -167,9 +178,12 @@ async def test_downloads_give_identical_files(node: tuple[str, Path], tmp_path: 
         assert got == originals
         one = hf_hub_download(NAME, "tokenizer/vocab.txt", endpoint=base, cache_dir=tmp_path / "one", token=False)
         assert Path(one).read_bytes() == originals["tokenizer/vocab.txt"]
+        # huggingface_hub 2.x installs hf_xet; with no Xet headers from us it downloads over HTTP.
+        big = hf_hub_download(NAME, "pytorch_model.bin", endpoint=base, cache_dir=tmp_path / "big", token=False)
+        assert Path(big).read_bytes() == originals["pytorch_model.bin"]
         fs = HfFileSystem(endpoint=base, token=False, skip_instance_cache=True)
         assert sorted(str(p) for p in fs.ls(NAME, detail=False)) == sorted(
-            f"{NAME}/{p}" for p in ("README.md", "config.json", "model.safetensors", "tokenizer")
+            f"{NAME}/{p}" for p in ("README.md", "config.json", "model.safetensors", "pytorch_model.bin", "tokenizer")
         )
         with fs.open(f"{NAME}/model.safetensors", "rb") as fh:
             assert fh.read() == originals["model.safetensors"]
