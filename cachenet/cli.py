@@ -6,6 +6,7 @@ of a second; `cachenet --help` imports them all to list every command.
 """
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -143,6 +144,8 @@ def describe_failure(e: BaseException, args: argparse.Namespace) -> tuple[int, s
             f"cannot reach {unreachable}: is the server running? Start the local cluster with `cachenet up`, "
             "or pass the server's URL (--origin, --controller, --source)"
         )
+    if isinstance(e, OSError) and e.errno == errno.EADDRINUSE:
+        return EXIT_BAD_INPUT, f"{_one_line(str(e))}: another server listens there; stop it or choose another --port"
     if isinstance(e, OSError):
         return EXIT_FAILED, _one_line(str(e))
     return EXIT_FAILED, f"unexpected {type(e).__name__}: {_one_line(str(e))} (run with --debug for the traceback)"

@@ -28,7 +28,7 @@ from urllib.parse import parse_qs
 
 from aiohttp import web
 
-from cachenet.errors import BadInput, FileNotInModel
+from cachenet.errors import BadInput, CachenetError, FileNotInModel
 from cachenet.manifest import FileManifest, ModelManifest
 from cachenet.names import validate_file_path, validate_model_name, validate_revision
 from cachenet.protocol.headers import HF_COMMIT_HEADER
@@ -231,7 +231,12 @@ class HubApi:
             return git_oid(f)
         known = self._blob_ids.get(f.sha256)
         if known is None:
-            content = await self.read_whole(manifest, f)
+            try:
+                content = await self.read_whole(manifest, f)
+            except CachenetError:
+                # Bytes out of reach (an edge node cut off from the origin): a listing still
+                # answers, with a stable stand-in id that is not remembered.
+                return f.sha256[:40]
             known = await asyncio.to_thread(git_blob_id, content)
             self._blob_ids[f.sha256] = known
             while len(self._blob_ids) > _BLOB_IDS_KEPT:

@@ -186,6 +186,11 @@ def test_second_up_refuses_the_taken_port_in_one_line(cluster: LocalCluster, els
     assert "running" not in run.out and "already in use" in line
 
 
+def test_a_server_on_a_taken_port_says_so_in_one_line(cluster: LocalCluster, elsewhere: Path) -> None:
+    run = cachenet("origin", "serve", "--data", str(elsewhere / "o"), "--port", str(cluster.base_port), cwd=elsewhere)
+    assert_one_line_error(run, EXIT_BAD_INPUT, "already in use", "--port")
+
+
 def test_publish_into_a_running_origins_folder_is_refused_naming_origin(cluster: LocalCluster) -> None:
     folder = _model(cluster.home / "m2")
     into = str(cluster.data / "origin")
