@@ -122,7 +122,7 @@ def describe_failure(e: BaseException, args: argparse.Namespace) -> tuple[int, s
     if isinstance(e, Unauthorized):
         if getattr(args, "token", None):
             return EXIT_REFUSED, (
-                f"the server refused the operator token ({_one_line(e.message)}): it is not that server's token; "
+                "the server refused the operator token given: it is not that server's token; "
                 "use the token the server was started with (`cachenet up` keeps it in DATA/token)"
             )
         return EXIT_REFUSED, f"this command needs the operator token and none was given: pass {TOKEN_SOURCES}"
@@ -158,7 +158,9 @@ def _unreachable(e: BaseException) -> str | None:
     except ImportError:  # pragma: no cover - aiohttp is a dependency
         return None
     if isinstance(e, aiohttp.ClientConnectorError):
-        return f"{e.host}:{e.port} ({_one_line(str(e.os_error.strerror or e.os_error))})"
+        err = e.os_error
+        reason = os.strerror(err.errno).lower() if err.errno else _one_line(str(err))
+        return f"{e.host}:{e.port} ({reason})"
     if isinstance(e, aiohttp.ServerTimeoutError | TimeoutError):
         return "the server (it did not answer in time)"
     if isinstance(e, aiohttp.ClientConnectionError | ConnectionError):

@@ -73,8 +73,9 @@ def _up(args: argparse.Namespace) -> int:
     taken = taken_ports("127.0.0.1", ports)
     if taken:
         names = ", ".join(f"{p} ({roles[p - args.base_port]})" for p in taken)
+        are = "port {} is" if len(taken) == 1 else "ports {} are"
         raise BadInput(
-            f"port {names} is already in use on 127.0.0.1 (is another `cachenet up` running?); "
+            f"{are.format(names)} already in use on 127.0.0.1 (is another `cachenet up` running?); "
             f"stop it, or pick free ports with --base-port (this cluster needs {len(roles)} from the base port)"
         )
     with Cluster(data) as cluster:

@@ -203,7 +203,10 @@ def open_target(
     unless exactly one of the two is given.
     """
     if bool(origin) == bool(data):
-        raise BadInput("give exactly one of --origin URL (a running origin) or --data DIR (an origin's data folder)")
+        raise BadInput(
+            "give exactly one of --origin URL (a running origin; without it, the local cluster's when "
+            "`cachenet up` runs in this folder) or --data DIR (the data folder of an origin that is not running)"
+        )
     if origin:
         return HttpTarget(origin, token or os.environ.get("CACHENET_TOKEN"))
     overrides = {"data_dir": data, "db_url": db, "max_block_size": max_block_size}

@@ -153,7 +153,7 @@ def test_placement_commands_find_the_clusters_controller(cluster: LocalCluster) 
 
 def test_placement_show_with_no_controller_is_one_line(elsewhere: Path) -> None:
     run = cachenet("placement", "show", cwd=elsewhere, CACHENET_CONTROLLER=f"http://127.0.0.1:{_free_port_block(1)}")
-    assert_one_line_error(run, EXIT_UNREACHABLE, "cannot reach", "cachenet up", "--controller")
+    assert_one_line_error(run, EXIT_UNREACHABLE, "cannot reach", "connection refused", "cachenet up", "--controller")
 
 
 def test_models_list_and_show_against_a_dead_origin_are_one_line(elsewhere: Path) -> None:
@@ -182,7 +182,7 @@ def test_models_list_has_a_header_and_show_of_a_missing_model_is_one_line(cluste
 
 def test_second_up_refuses_the_taken_port_in_one_line(cluster: LocalCluster, elsewhere: Path) -> None:
     run = cachenet("up", "--base-port", str(cluster.base_port), cwd=elsewhere, timeout=60)
-    line = assert_one_line_error(run, EXIT_BAD_INPUT, f"port {cluster.base_port} (origin)", "--base-port")
+    line = assert_one_line_error(run, EXIT_BAD_INPUT, f"ports {cluster.base_port} (origin), ", "--base-port")
     assert "running" not in run.out and "already in use" in line
 
 
