@@ -30,15 +30,18 @@ import hashlib
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final
 
-from cachenet.blockid import validate_blake3, validate_block_id
+import msgspec
+
 from cachenet.errors import FileNotInModel, ManifestInvalid
 from cachenet.names import COMMIT_RE, validate_file_path, validate_model_name
+from cachenet.protocol.manifest import MANIFEST_FORMAT, FileKind, ManifestMessage
 
 __all__ = (
     "BaseRef",
     "BlockRef",
+    "FileKind",
     "FileManifest",
     "MANIFEST_FORMAT",
     "ModelManifest",
@@ -46,10 +49,8 @@ __all__ = (
     "canonical_json",
 )
 
-MANIFEST_FORMAT: Final = "cachenet.manifest/1"
 UPSTREAM_COMMIT_KEY: Final = "upstream_commit"
 MAX_MANIFEST_BYTES: Final = 64 * 1024 * 1024
-FileKind = Literal["safetensors", "raw"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,11 +122,18 @@ class ModelManifest:
         if len(set(paths)) != len(paths):
             raise ManifestInvalid(f"model {self.name}: duplicate file paths", model=self.name)
         object.__setattr__(self, "files", tuple(sorted(self.files, key=lambda f: f.path)))
+        try:
+            body = canonical_json(self._body())
+        except ValueError:  # NaN and infinity have no JSON form
+            raise ManifestInvalid("manifest metadata holds a number JSON cannot write (NaN or infinity)") from None
+        except UnicodeError:  # a lone surrogate ("\ud800") cannot be written as UTF-8
+            raise ManifestInvalid("manifest holds text that is not valid Unicode") from None
+        except RecursionError:
+            raise ManifestInvalid("manifest is nested too deeply") from None
         upstream_commit = self.metadata.get(UPSTREAM_COMMIT_KEY)
         if isinstance(upstream_commit, str) and COMMIT_RE.match(upstream_commit):
             object.__setattr__(self, "revision", upstream_commit)
         else:
-            body = canonical_json(self._body())
             object.__setattr__(self, "revision", hashlib.sha256(body).hexdigest()[:40])
 
     @property
@@ -160,13 +168,12 @@ class ModelManifest:
     def from_json(cls, doc: object) -> "ModelManifest":
         """Parse and validate a manifest; raises `ManifestInvalid` (or `InvalidName`)."""
         try:
-            return _parse(doc)
-        except (KeyError, TypeError, AttributeError) as e:
-            raise ManifestInvalid(f"malformed manifest: {e!r}") from None
-        except UnicodeError:  # a lone surrogate ("\ud800") cannot be written as UTF-8
-            raise ManifestInvalid("manifest holds text that is not valid Unicode") from None
+            message = msgspec.convert(doc, ManifestMessage)
+        except msgspec.ValidationError as e:
+            raise ManifestInvalid(f"malformed manifest: {e}") from None
         except RecursionError:
             raise ManifestInvalid("manifest is nested too deeply") from None
+        return _build(message)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "ModelManifest":
@@ -174,11 +181,12 @@ class ModelManifest:
         if len(data) > MAX_MANIFEST_BYTES:
             raise ManifestInvalid(f"manifest of {len(data)} bytes is over the {MAX_MANIFEST_BYTES} limit")
         try:
-            doc = json.loads(data)
-        # ValueError also covers integers over Python's digit limit; RecursionError deep nesting.
-        except (ValueError, RecursionError) as e:
+            message = _DECODER.decode(data)
+        except msgspec.ValidationError as e:
+            raise ManifestInvalid(f"malformed manifest: {e}") from None
+        except (msgspec.DecodeError, RecursionError) as e:
             raise ManifestInvalid(f"manifest is not JSON: {e}") from None
-        return cls.from_json(doc)
+        return _build(message)
 
     def _body(self) -> dict[str, Any]:
         return {
@@ -201,49 +209,29 @@ class ModelManifest:
 
 def canonical_json(doc: Any) -> bytes:
     """JSON with sorted keys and no whitespace, UTF-8 encoded."""
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
-def _parse(doc: object) -> ModelManifest:
-    if not isinstance(doc, dict):
-        raise ManifestInvalid("a manifest must be a JSON object")
-    if doc.get("format") != MANIFEST_FORMAT:
-        raise ManifestInvalid(f"unknown manifest format {doc.get('format')!r}; expected {MANIFEST_FORMAT}")
-    base = None
-    if doc.get("base") is not None:
-        b = doc["base"]
-        if not isinstance(b, dict) or not isinstance(b.get("revision"), str) or not COMMIT_RE.match(b["revision"]):
-            raise ManifestInvalid("base must be {name, revision} with a 40-digit commit id")
-        base = BaseRef(validate_model_name(b["name"]), b["revision"])
-    metadata = doc.get("metadata") or {}
-    if not isinstance(metadata, dict):
-        raise ManifestInvalid("metadata must be an object")
-    files = []
-    for f in doc["files"]:
-        if not isinstance(f, dict):
-            raise ManifestInvalid("each file must be an object")
-        size, sha = f["size"], f["sha256"]
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise ManifestInvalid(f"file size must be a non-negative integer, got {size!r}")
-        if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-            raise ManifestInvalid(f"file sha256 must be 64 lowercase hex digits, got {str(sha)[:80]!r}")
-        kind = f.get("kind", "raw")
-        if kind not in ("safetensors", "raw"):
-            raise ManifestInvalid(f"unknown file kind {kind!r}")
-        refs = []
-        for entry in f["blocks"]:
-            if not isinstance(entry, list) or len(entry) != 3:
-                raise ManifestInvalid("each block must be [block_id, blake3, length]")
-            block_id, b3, length = entry
-            if not isinstance(length, int) or isinstance(length, bool) or length <= 0:
-                raise ManifestInvalid(f"block length must be a positive integer, got {length!r}")
-            refs.append(BlockRef(validate_block_id(block_id), validate_blake3(b3), length))
-        files.append(FileManifest(validate_file_path(f["path"]), size, sha, tuple(refs), kind))
-    manifest = ModelManifest(validate_model_name(doc["name"]), tuple(files), base, metadata)
-    claimed = doc.get("revision")
-    if claimed is not None and claimed != manifest.revision:
+def _build(message: ManifestMessage) -> ModelManifest:
+    """The model of a well-formed manifest: names and paths checked, sizes adding up, the revision its own."""
+    base = None if message.base is None else BaseRef(message.base.name, message.base.revision)
+    files = tuple(
+        FileManifest(
+            validate_file_path(f.path),
+            f.size,
+            f.sha256,
+            tuple(BlockRef(block_id, b3, length) for block_id, b3, length in f.blocks),
+            f.kind,
+        )
+        for f in message.files
+    )
+    manifest = ModelManifest(validate_model_name(message.name), files, base, message.metadata)
+    if message.revision is not None and message.revision != manifest.revision:
         raise ManifestInvalid(
-            f"manifest claims revision {str(claimed)[:40]!r} but its content gives {manifest.revision}",
+            f"manifest claims revision {message.revision!r} but its content gives {manifest.revision}",
             model=manifest.name,
         )
     return manifest
+
+
+_DECODER: Final = msgspec.json.Decoder(ManifestMessage)

@@ -1,21 +1,22 @@
 """The controller server: recompute on request (or a timer), placement, lookup table, runs, dashboard."""
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, Final
+from typing import Final
 
 from aiohttp import web
 
 from cachenet.errors import BadInput
-from cachenet.server.httpbody import read_body
+from cachenet.protocol.codec import decode_json
+from cachenet.protocol.placement import CurrentPlacement, LookupTable, RecomputeRequest, RunList, TopologyView
+from cachenet.server.httpbody import message_response, query_int, read_body
 from cachenet.server.metrics import metrics_handler
 from cachenet.server.middlewares import error_middleware, require_token
 from cachenet.server.openapi import ApiDoc
 from placement.config import ControllerSettings
 from placement.controller import Controller
-from placement.dashboard import Dashboard, add_dashboard_routes, topology_json
+from placement.dashboard import Dashboard, add_dashboard_routes, describe_topology
 from placement.metrics import controller_registry
 from placement.solve import SOLVERS
 from placement.topology import load_topology
@@ -57,11 +58,7 @@ def create_app(settings: ControllerSettings) -> web.Application:
         recompute,
         operator=True,
         summary="Recompute the placement now and push plans to the nodes",
-        body={
-            "application/json": {
-                "schema": {"type": "object", "properties": {"solver": {"type": "string", "enum": sorted(SOLVERS)}}}
-            }
-        },
+        body=RecomputeRequest,
         schema={"type": "object", "required": ["stored"], "properties": {"stored": {"type": "boolean"}}},
     )
     doc.route(
@@ -70,11 +67,7 @@ def create_app(settings: ControllerSettings) -> web.Application:
         "/v1/placement",
         current,
         summary="The current placement and last run",
-        schema={
-            "type": "object",
-            "required": ["placement", "last_run"],
-            "properties": {"placement": {"type": ["object", "null"]}, "last_run": {"type": ["object", "null"]}},
-        },
+        schema=CurrentPlacement,
     )
     doc.route(
         r,
@@ -83,11 +76,7 @@ def create_app(settings: ControllerSettings) -> web.Application:
         runs,
         summary="Recent placement runs, from the origin's catalogue",
         query={"limit": {"type": "integer", "minimum": 1, "maximum": MAX_RUNS_LISTED}},
-        schema={
-            "type": "object",
-            "required": ["runs", "source", "unsaved"],
-            "properties": {"runs": {"type": "array"}, "source": {"type": "string"}, "unsaved": {"type": "integer"}},
-        },
+        schema=RunList,
     )
     doc.route(
         r,
@@ -95,13 +84,7 @@ def create_app(settings: ControllerSettings) -> web.Application:
         "/v1/lookup",
         lookup,
         summary="Block id → URLs of the nodes that hold it",
-        schema={
-            "type": "object",
-            "required": ["blocks"],
-            "properties": {
-                "blocks": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}}
-            },
-        },
+        schema=LookupTable,
     )
     doc.route(
         r,
@@ -109,11 +92,7 @@ def create_app(settings: ControllerSettings) -> web.Application:
         "/v1/topology",
         topology_view,
         summary="Servers, links and users of the topology",
-        schema={
-            "type": "object",
-            "required": ["servers", "links", "users"],
-            "properties": {"servers": {"type": "array"}, "links": {"type": "array"}, "users": {"type": "array"}},
-        },
+        schema=TopologyView,
     )
     app.cleanup_ctx.append(_lifecycle)
     # After _lifecycle, so that a simulation still running is cancelled before the session closes.
@@ -125,15 +104,9 @@ async def recompute(request: web.Request) -> web.Response:
     """POST /v1/placement/recompute {"solver": ...}."""
     settings = request.app[settings_key]
     require_token(request, settings.token)
-    body: Any = {}
-    if request.can_read_body:
-        try:
-            body = json.loads(await read_body(request, limit=64 * 1024) or b"{}")
-        except (ValueError, RecursionError):
-            body = None
-    if not isinstance(body, dict):  # a JSON number or list used to crash .get() with a 500
-        raise BadInput('body must be a JSON object like {"solver": "trimcaching-gen"}')
-    solver = str(body.get("solver") or settings.solver)
+    raw = await read_body(request, limit=64 * 1024) if request.can_read_body else b""
+    body = decode_json(raw or b"{}", RecomputeRequest, what='body (a JSON object like {"solver": "trimcaching-gen"})')
+    solver = body.solver or settings.solver
     if solver not in SOLVERS:
         raise BadInput(f"unknown solver {solver!r}; choose one of {', '.join(sorted(SOLVERS))}")
     controller = request.app[controller_key]
@@ -145,36 +118,27 @@ async def current(request: web.Request) -> web.Response:
     """GET /v1/placement."""
     c = request.app[controller_key]
     last, _ = await c.recent_runs(limit=1)
-    return web.json_response(
-        {
-            "placement": None if c.placement is None else c.placement.to_dict(),
-            "last_run": last[0] if last else None,
-        }
+    return message_response(
+        CurrentPlacement(None if c.placement is None else c.placement.to_dict(), last[0] if last else None)
     )
 
 
 async def runs(request: web.Request) -> web.Response:
     """GET /v1/runs?limit=N: newest first; `source` says whether the catalogue or memory answered."""
-    raw = request.query.get("limit", "20")
-    try:
-        limit = int(raw)
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= MAX_RUNS_LISTED:
-        raise BadInput(f"limit must be an integer from 1 to {MAX_RUNS_LISTED}, got {raw!r}")
+    limit = query_int(request, "limit", default=20, low=1, high=MAX_RUNS_LISTED)
     controller = request.app[controller_key]
     listed, source = await controller.recent_runs(limit=limit)
-    return web.json_response({"runs": listed, "source": source, "unsaved": len(controller.unsaved)})
+    return message_response(RunList(listed, source, len(controller.unsaved)))
 
 
 async def lookup(request: web.Request) -> web.Response:
     """GET /v1/lookup."""
-    return web.json_response({"blocks": request.app[controller_key].lookup_table()})
+    return message_response(LookupTable(request.app[controller_key].lookup_table()))
 
 
 async def topology_view(request: web.Request) -> web.Response:
     """GET /v1/topology."""
-    return web.json_response(topology_json(request.app[controller_key]))
+    return message_response(describe_topology(request.app[controller_key]))
 
 
 async def _healthz(request: web.Request) -> web.Response:

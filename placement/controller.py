@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import aiohttp
 
@@ -27,6 +27,9 @@ from cachenet.atomicfile import atomic_write_bytes
 from cachenet.errors import BadInput, CachenetError, UpstreamUnavailable
 from cachenet.httpclient import auth_headers, raise_for_status
 from cachenet.manifest import BlockRef, ModelManifest
+from cachenet.protocol.codec import decode_json, encode_json
+from cachenet.protocol.node import NodeDemand, NodeState, PlanRequest
+from cachenet.protocol.placement import PlacementRunList
 from placement.problem import Placement, build_problem
 from placement.relay import relay_plan
 from placement.solve import solve
@@ -240,7 +243,7 @@ class Controller:
         self.unsaved = runs + self.unsaved
         log.warning("%d placement run(s) from %s not stored at the origin yet", len(runs), path)
 
-    async def recent_runs(self, *, limit: int = 20) -> tuple[list[dict[str, Any]], str]:
+    async def recent_runs(self, *, limit: int = 20) -> tuple[list[dict[str, Any]], Literal["origin", "memory"]]:
         """The latest runs, newest first, from the catalogue (or from memory when the origin is down).
 
         Returns the runs (each with `stored`: whether the catalogue has it) and where they came from.
@@ -252,9 +255,9 @@ class Controller:
                 timeout=_ORIGIN_RUNS_TIMEOUT,
             ) as resp:
                 await raise_for_status(resp)
-                rows = (await resp.json())["runs"]
-            runs = [{**r["summary"], "catalogue_id": r["id"], "stored": True} for r in rows]
-            source = "origin"
+                rows = decode_json(await resp.read(), PlacementRunList, what="the origin's placement runs").runs
+            runs = [{**r.summary, "catalogue_id": r.id, "stored": True} for r in rows]
+            source: Literal["origin", "memory"] = "origin"
         except (*_NETWORK_ERRORS, CachenetError, KeyError, TypeError) as e:
             log.warning("origin %s cannot list placement runs (%r); showing the runs in memory", self.origin_url, e)
             unsaved = {id(r) for r in self.unsaved}
@@ -371,12 +374,12 @@ class Controller:
             try:
                 async with self.session.get(f"{url}/v1/node/demand") as resp:
                     await raise_for_status(resp)
-                    rows = (await resp.json())["demand"]
-            except (aiohttp.ClientError, TimeoutError, OSError) as e:
-                log.warning("node %s unreachable for demand: %r", server, e)
+                    rows = decode_json(await resp.read(), NodeDemand, what=f"node {server}'s demand").demand
+            except (aiohttp.ClientError, TimeoutError, OSError, BadInput) as e:
+                log.warning("node %s unreachable for demand (or its answer is malformed): %r", server, e)
                 continue
             for row in rows:
-                model, cell, count = row["model"], row.get("cell"), float(row["count"])
+                model, cell, count = row.model, row.cell, row.count
                 if model not in model_names:
                     continue
                 targets = [cell] if cell in users else served_by.get(server) or list(users)
@@ -403,7 +406,8 @@ class Controller:
             try:
                 async with self.session.get(f"{url}/v1/node/state", params={"blocks": "1"}) as resp:
                     await raise_for_status(resp)
-                    held = set((await resp.json())["block_ids"] or [])
+                    state = decode_json(await resp.read(), NodeState, what=f"node {server}'s state")
+                    held = set(state.block_ids or [])
                 fetch = [r for b, r in planned.items() if b not in held]
                 entry.update(
                     blocks_to_fetch=len(fetch),
@@ -411,8 +415,9 @@ class Controller:
                     blocks_to_release=len(held - set(planned)),
                     to_fetch=[r.block_id for r in fetch],
                 )
-                body = {"plan_id": plan_id, "blocks": [[r.block_id, r.blake3, r.size] for r in refs]}
-                async with self.session.put(f"{url}/v1/node/plan", json=body, headers=auth_headers(self.token)) as resp:
+                body = encode_json(PlanRequest([(r.block_id, r.blake3, r.size) for r in refs], plan_id))
+                headers = {**auth_headers(self.token), "Content-Type": "application/json"}
+                async with self.session.put(f"{url}/v1/node/plan", data=body, headers=headers) as resp:
                     await raise_for_status(resp)
                 entry["pushed"] = True
             except Exception as e:  # a node down must not stop the others' plans

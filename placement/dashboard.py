@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
+import msgspec
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from cachenet.errors import CachenetError
 from cachenet.httpclient import raise_for_status
+from cachenet.protocol.placement import TopologyLink, TopologyServer, TopologyUser, TopologyView
 from cachenet.server.openapi import ApiDoc
 from placement.controller import Controller
 from placement.topology import ServerInfo
@@ -31,7 +33,7 @@ __all__ = (
     "STATIC_DIR",
     "add_dashboard_routes",
     "dashboard_key",
-    "topology_json",
+    "describe_topology",
 )
 log = logging.getLogger(__name__)
 
@@ -51,25 +53,19 @@ _NODE_ERRORS: Final = (
 )
 
 
-def topology_json(controller: Controller) -> dict[str, Any]:
+def describe_topology(controller: Controller) -> TopologyView:
     """Servers (with their URLs), links and users of the controller's topology."""
     t = controller.topology
-    return {
-        "name": t.name,
-        "origin": t.origin,
-        "nodes": list(t.nodes),
-        "servers": [
-            {
-                "id": s.id,
-                "capacity_bytes": s.capacity_bytes,
-                "position": list(s.position),
-                "url": controller.node_urls.get(s.id),
-            }
-            for s in t.servers
+    return TopologyView(
+        name=t.name,
+        origin=t.origin,
+        nodes=list(t.nodes),
+        servers=[
+            TopologyServer(s.id, s.capacity_bytes, list(s.position), controller.node_urls.get(s.id)) for s in t.servers
         ],
-        "links": [{"a": link.a, "b": link.b, "rate_bps": link.rate_bps} for link in t.links],
-        "users": [{"id": u.id, "server": u.server, "position": list(u.position)} for u in t.users],
-    }
+        links=[TopologyLink(link.a, link.b, link.rate_bps) for link in t.links],
+        users=[TopologyUser(u.id, u.server, list(u.position)) for u in t.users],
+    )
 
 
 class Dashboard:
@@ -98,7 +94,7 @@ class Dashboard:
             "generated_at": self._clock(),
             "origin": {"url": c.origin_url, "ok": origin_error is None, "error": origin_error},
             "origin_url": c.origin_url,
-            "topology": topology_json(c),
+            "topology": msgspec.to_builtins(describe_topology(c)),
             "nodes": nodes,
             "models": sorted(names),
             "totals": {

@@ -271,11 +271,14 @@ async def _fetch_models(args: argparse.Namespace) -> list[dict[str, Any]]:
     from registry.publish import LocalTarget
 
     if args.data:
-        from registry.source import list_models_json
+        import msgspec
+
+        from registry.source import list_model_entries
 
         target = LocalTarget(load_settings(OriginSettings, None, os.environ, {"data_dir": args.data}))
         try:
-            return await asyncio.to_thread(list_models_json, target.catalogue)
+            entries = await asyncio.to_thread(list_model_entries, target.catalogue)
+            return list(msgspec.to_builtins(entries))
         finally:
             await target.close()
     import aiohttp

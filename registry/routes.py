@@ -2,18 +2,21 @@
 
 import asyncio
 import json
-from typing import Any
 
 from aiohttp import web
 
 from cachenet.blockid import validate_blake3, validate_block_id
 from cachenet.errors import BadInput, BlockCorrupt, ManifestInvalid
-from cachenet.manifest import BlockRef, ModelManifest
+from cachenet.manifest import MAX_MANIFEST_BYTES, BlockRef, ModelManifest
 from cachenet.names import validate_model_name, validate_revision
 from cachenet.protocol.blocks import MissingAnswer, MissingQuery, PublishAnswer, UploadAnswer
+from cachenet.protocol.codec import decode_json
 from cachenet.protocol.headers import BLAKE3_HEADER
+from cachenet.protocol.manifest import ManifestMessage
+from cachenet.protocol.models import SharingAnswer
 from cachenet.protocol.patterns import ROUTE_MODEL_NAME
-from cachenet.server.httpbody import message_response, read_body, read_message
+from cachenet.protocol.placement import PlacementRun, PlacementRunBody, PlacementRunList, StoredRun
+from cachenet.server.httpbody import message_response, query_int, read_body, read_message
 from cachenet.server.middlewares import require_token
 from cachenet.server.openapi import ApiDoc
 from registry.intake import check_no_collision, missing_blocks
@@ -58,7 +61,7 @@ def add_operator_routes(app: web.Application, doc: ApiDoc) -> None:
         operator=True,
         summary="Publish a manifest and move a tag to it",
         query={"tag": {"type": "string"}},
-        body={"application/json": {"schema": {"type": "object"}}},
+        body=ManifestMessage,
         responses={201: "published", 200: "already published (the tag moved to it)"},
         schema=PublishAnswer,
     )
@@ -68,11 +71,7 @@ def add_operator_routes(app: web.Application, doc: ApiDoc) -> None:
         f"/v1/models/{{name:{ROUTE_MODEL_NAME}}}/revisions/{{revision}}/sharing",
         sharing,
         summary="Bytes of this revision's blocks that each other model also uses",
-        schema={
-            "type": "object",
-            "required": ["revision", "shared_with"],
-            "properties": {"revision": {"type": "string"}, "shared_with": {"type": "object"}},
-        },
+        schema=SharingAnswer,
     )
     doc.route(
         r,
@@ -81,17 +80,9 @@ def add_operator_routes(app: web.Application, doc: ApiDoc) -> None:
         add_placement_run,
         operator=True,
         summary="Store a placement run (the controller's run JSON) in the catalogue",
-        body={
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["solver", "hit_ratio"],
-                    "properties": {"solver": {"type": "string"}, "hit_ratio": {"type": "number"}},
-                }
-            }
-        },
+        body=PlacementRunBody,
         responses={201: 'stored; the body is {"id": <catalogue id>}'},
-        schema={"type": "object", "required": ["id"], "properties": {"id": {"type": "integer"}}},
+        schema=StoredRun,
     )
     doc.route(
         r,
@@ -100,16 +91,7 @@ def add_operator_routes(app: web.Application, doc: ApiDoc) -> None:
         list_placement_runs,
         summary="The most recent placement runs, newest first",
         query={"limit": {"type": "integer", "minimum": 1, "maximum": MAX_PLACEMENT_RUNS_LISTED}},
-        schema={
-            "type": "object",
-            "required": ["runs"],
-            "properties": {
-                "runs": {
-                    "type": "array",
-                    "items": {"type": "object", "required": ["id", "solver", "created_at", "hit_ratio"]},
-                }
-            },
-        },
+        schema=PlacementRunList,
     )
 
 
@@ -160,8 +142,7 @@ async def publish(request: web.Request) -> web.Response:
     """POST /v1/models/{name}/revisions?tag=main with a manifest as body."""
     app = request.app
     require_token(request, app[settings_key].token)
-    doc = await _json_body(request, limit=64 * 1024 * 1024)
-    manifest = ModelManifest.from_json(doc)
+    manifest = ModelManifest.from_bytes(await read_body(request, limit=MAX_MANIFEST_BYTES))
     if manifest.name != request.match_info["name"]:
         raise ManifestInvalid(
             f"manifest names model {manifest.name!r} but was posted to {request.match_info['name']!r}"
@@ -182,54 +163,25 @@ async def sharing(request: web.Request) -> web.Response:
     revision = validate_revision(request.match_info["revision"])
     commit = await asyncio.to_thread(catalogue.resolve_commit, name, revision)
     shared = await asyncio.to_thread(catalogue.shared_bytes, commit)
-    return web.json_response({"revision": commit, "shared_with": shared})
+    return message_response(SharingAnswer(commit, shared))
 
 
 async def add_placement_run(request: web.Request) -> web.Response:
     """POST /v1/placement-runs with a run as body → {"id": ...}."""
     app = request.app
     require_token(request, app[settings_key].token)
-    doc = await _json_body(request, limit=MAX_PLACEMENT_RUN_BYTES)
-    solver = doc.get("solver") if isinstance(doc, dict) else None
-    hit_ratio = doc.get("hit_ratio") if isinstance(doc, dict) else None
-    if not isinstance(solver, str) or not 0 < len(solver) <= 64:
-        raise BadInput(f"a placement run is a JSON object with a 'solver' of 1-64 characters, got {solver!r}")
-    if not isinstance(hit_ratio, int | float) or isinstance(hit_ratio, bool) or not 0.0 <= hit_ratio <= 1.0:
-        raise BadInput(f"a placement run needs a 'hit_ratio' between 0 and 1, got {hit_ratio!r}")
-    run_id = await asyncio.to_thread(app[catalogue_key].add_placement_run, solver, float(hit_ratio), doc)
-    return web.json_response({"id": run_id}, status=201)
+    raw = await read_body(request, limit=MAX_PLACEMENT_RUN_BYTES)
+    # The fields the catalogue indexes are checked; the document is stored as the controller wrote it.
+    run = decode_json(raw, PlacementRunBody, what="placement run")
+    doc = await asyncio.to_thread(json.loads, raw)
+    run_id = await asyncio.to_thread(app[catalogue_key].add_placement_run, run.solver, run.hit_ratio, doc)
+    return message_response(StoredRun(run_id), status=201)
 
 
 async def list_placement_runs(request: web.Request) -> web.Response:
     """GET /v1/placement-runs?limit=N → {"runs": [{id, solver, created_at, hit_ratio, summary}]}."""
-    raw = request.query.get("limit", "20")
-    try:
-        limit = int(raw)
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= MAX_PLACEMENT_RUNS_LISTED:
-        raise BadInput(f"limit must be an integer from 1 to {MAX_PLACEMENT_RUNS_LISTED}, got {raw!r}")
+    limit = query_int(request, "limit", default=20, low=1, high=MAX_PLACEMENT_RUNS_LISTED)
     rows = await asyncio.to_thread(request.app[catalogue_key].placement_runs, limit=limit)
-    return web.json_response(
-        {
-            "runs": [
-                {
-                    "id": r.id,
-                    "solver": r.solver,
-                    "created_at": r.created_at,
-                    "hit_ratio": r.hit_ratio,
-                    "summary": r.summary,
-                }
-                for r in rows
-            ]
-        }
+    return message_response(
+        PlacementRunList([PlacementRun(r.id, r.solver, r.created_at, r.hit_ratio, r.summary) for r in rows])
     )
-
-
-async def _json_body(request: web.Request, *, limit: int) -> Any:
-    data = await read_body(request, limit=limit)
-    try:
-        return json.loads(data)
-    # ValueError also covers integers over Python's digit limit; RecursionError deep nesting.
-    except (ValueError, RecursionError) as e:
-        raise BadInput(f"body is not JSON: {e}") from None

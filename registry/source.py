@@ -1,17 +1,17 @@
 """The origin's `ModelSource`: manifests from the catalogue, blocks from the local store."""
 
 import asyncio
-from typing import Any
 
 from cachenet.blockid import validate_block_id
 from cachenet.blockstore import BlockStore
 from cachenet.manifest import FileManifest, ModelManifest
+from cachenet.protocol.models import ModelEntry, RevisionEntry
 from cachenet.server.deviceapi import LocalBlock, StreamingFile
 from cachenet.server.filesend import Pacer
 from registry.catalogue import Catalogue
 from registry.mirror import Mirror
 
-__all__ = ("OriginSource", "list_models_json", "model_summary_json")
+__all__ = ("OriginSource", "list_model_entries")
 
 
 class OriginSource:
@@ -24,9 +24,9 @@ class OriginSource:
         self.store = store
         self.mirror = mirror
 
-    async def list_models(self) -> list[dict[str, Any]]:
+    async def list_models(self) -> list[ModelEntry]:
         """Every model, its tags and revisions, and the bytes its newest revision shares with others."""
-        return await asyncio.to_thread(list_models_json, self.catalogue)
+        return await asyncio.to_thread(list_model_entries, self.catalogue)
 
     async def manifest(self, name: str, revision: str) -> ModelManifest:
         """The manifest of a published (or, with an upstream, mirrored) revision or tag."""
@@ -58,26 +58,12 @@ class OriginSource:
         """The origin keeps no demand statistics (edge nodes do)."""
 
 
-def list_models_json(catalogue: Catalogue) -> list[dict[str, Any]]:
-    """Every model as JSON, with `shared_bytes` of its newest revision."""
+def list_model_entries(catalogue: Catalogue) -> list[ModelEntry]:
+    """Every model, with `shared_bytes` of its newest revision."""
     out = []
     for m in catalogue.list_models():
-        doc = model_summary_json(m)
         latest = m.tags.get("main") or (m.revisions[0].commit if m.revisions else None)
-        doc["shared_bytes"] = catalogue.bytes_shared_with_others(latest) if latest else 0
-        out.append(doc)
+        revisions = [RevisionEntry(r.commit, r.total_size, r.base_commit, r.created_at) for r in m.revisions]
+        shared = catalogue.bytes_shared_with_others(latest) if latest else 0
+        out.append(ModelEntry(m.name, m.source, m.upstream, m.tags, revisions, shared))
     return out
-
-
-def model_summary_json(m: Any) -> dict[str, Any]:
-    """A `ModelSummary` as JSON."""
-    return {
-        "name": m.name,
-        "source": m.source,
-        "upstream": m.upstream,
-        "tags": m.tags,
-        "revisions": [
-            {"commit": r.commit, "total_size": r.total_size, "base_commit": r.base_commit, "created_at": r.created_at}
-            for r in m.revisions
-        ],
-    }

@@ -4,7 +4,9 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
+
+from cachenet.protocol.node import DemandRow
 
 __all__ = ("DemandStats",)
 
@@ -39,8 +41,8 @@ class DemandStats:
             c.value = self._decayed(c, now) + weight
             c.at = now
 
-    def snapshot(self) -> list[dict[str, Any]]:
-        """Current decayed counts, largest first, as JSON rows."""
+    def snapshot(self) -> list[DemandRow]:
+        """Current decayed counts, largest first."""
         now = self._clock()
         rows = []
         for (model, revision, cell), c in list(self._counts.items()):
@@ -48,15 +50,15 @@ class DemandStats:
             if value < _FORGET_BELOW:
                 del self._counts[(model, revision, cell)]
                 continue
-            rows.append({"model": model, "revision": revision, "cell": cell or None, "count": value})
-        rows.sort(key=lambda r: -float(r["count"] or 0.0))
+            rows.append(DemandRow(model, revision, cell or None, value))
+        rows.sort(key=lambda r: -r.count)
         return rows
 
     def per_model(self) -> dict[str, float]:
         """Decayed demand summed over revisions and cells, per model name."""
         out: dict[str, float] = {}
         for row in self.snapshot():
-            out[row["model"]] = out.get(row["model"], 0.0) + row["count"]
+            out[row.model] = out.get(row.model, 0.0) + row.count
         return out
 
     def _decayed(self, c: _Counter, now: float) -> float:

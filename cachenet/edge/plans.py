@@ -8,13 +8,14 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 from cachenet.edge.admission import Admission
 from cachenet.edge.config import EdgeSettings
 from cachenet.edge.persistence import load_plan, save_plan
 from cachenet.errors import CachenetError, CapacityExceeded
 from cachenet.manifest import BlockRef
+from cachenet.protocol.node import PlanProgress
 
 __all__ = ("PLAN_FETCH_CONCURRENCY", "PlanRunner", "PlanStatus")
 log = logging.getLogger(__name__)
@@ -35,16 +36,16 @@ class PlanStatus:
     failed: list[str] = field(default_factory=list)
     state: str = "none"
 
-    def to_json(self) -> dict[str, Any]:
-        """The plan's status as JSON."""
-        return {
-            "plan_id": self.plan_id,
-            "blocks": len(self.blocks),
-            "bytes": sum(r.size for r in self.blocks.values()),
-            "fetched": self.fetched,
-            "failed": self.failed[:50],
-            "state": self.state,
-        }
+    def progress(self) -> PlanProgress:
+        """The plan's status as a message."""
+        return PlanProgress(
+            self.plan_id,
+            len(self.blocks),
+            sum(r.size for r in self.blocks.values()),
+            self.fetched,
+            self.failed[:50],
+            self.state,
+        )
 
 
 class PlanRunner:

@@ -1,48 +1,19 @@
 """Node routes of the edge: its state and demand (read-only) and the placement plan (operator)."""
 
-import json
-from typing import Any
-
 from aiohttp import web
 
-from cachenet.blockid import validate_blake3, validate_block_id
 from cachenet.edge.keys import cache_key, demand_key, manifests_key, settings_key
 from cachenet.errors import BadInput
 from cachenet.manifest import BlockRef
-from cachenet.server.httpbody import read_body
+from cachenet.protocol.codec import decode_json
+from cachenet.protocol.node import ModelHolding, NodeDemand, NodeState, PlanProgress, PlanRequest
+from cachenet.server.httpbody import message_response, read_body
 from cachenet.server.middlewares import require_token
 from cachenet.server.openapi import ApiDoc
 
 __all__ = ("add_node_routes", "parse_plan")
 
 MAX_PLAN_BYTES = 64 * 1024 * 1024
-_PLAN_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["plan_id", "blocks", "bytes", "fetched", "failed", "state"],
-    "properties": {
-        "plan_id": {"type": ["string", "null"]},
-        "blocks": {"type": "integer"},
-        "bytes": {"type": "integer"},
-        "fetched": {"type": "integer"},
-        "failed": {"type": "array"},
-        "state": {"type": "string"},
-    },
-}
-_STATE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["node_id", "capacity_bytes", "used_bytes", "pinned_bytes", "cached_bytes", "blocks", "plan", "models"],
-    "properties": {
-        "node_id": {"type": "string"},
-        "capacity_bytes": {"type": "integer"},
-        "used_bytes": {"type": "integer"},
-        "pinned_bytes": {"type": "integer"},
-        "cached_bytes": {"type": "integer"},
-        "blocks": {"type": "integer"},
-        "plan": _PLAN_SCHEMA,
-        "models": {"type": "array", "items": {"type": "object", "required": ["name", "revision"]}},
-        "block_ids": {"type": ["array", "null"], "items": {"type": "string"}},
-    },
-}
 
 
 def add_node_routes(app: web.Application, doc: ApiDoc) -> None:
@@ -55,7 +26,7 @@ def add_node_routes(app: web.Application, doc: ApiDoc) -> None:
         node_state,
         summary="Capacity, bytes used, pinned vs cached, per-model completeness",
         query={"blocks": {"type": "string", "enum": ["0", "1"]}},
-        schema=_STATE_SCHEMA,
+        schema=NodeState,
     )
     doc.route(
         r,
@@ -63,7 +34,7 @@ def add_node_routes(app: web.Application, doc: ApiDoc) -> None:
         "/v1/node/demand",
         node_demand,
         summary="Decayed request counts per model revision and cell",
-        schema={"type": "object", "required": ["node_id", "demand"]},
+        schema=NodeDemand,
     )
     doc.route(
         r,
@@ -72,20 +43,12 @@ def add_node_routes(app: web.Application, doc: ApiDoc) -> None:
         put_plan,
         operator=True,
         summary="Apply a placement plan: the blocks this node must hold",
-        body={
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["blocks"],
-                    "properties": {"plan_id": {"type": "string"}, "blocks": {"type": "array"}},
-                }
-            }
-        },
+        body=PlanRequest,
         responses={202: "accepted: the plan's blocks are pinned and missing ones are being fetched"},
-        schema=_PLAN_SCHEMA,
+        schema=PlanProgress,
     )
     doc.route(
-        r, "GET", "/v1/node/plan", get_plan, summary="The plan being applied and its progress", schema=_PLAN_SCHEMA
+        r, "GET", "/v1/node/plan", get_plan, summary="The plan being applied and its progress", schema=PlanProgress
     )
 
 
@@ -100,37 +63,28 @@ async def node_state(request: web.Request) -> web.Response:
         blocks = m.unique_blocks()
         have = sum(r.size for b, r in blocks.items() if b in held)
         total = sum(r.size for r in blocks.values())
-        models.append(
-            {
-                "name": m.name,
-                "revision": m.revision,
-                "bytes": total,
-                "held_bytes": have,
-                "complete": have == total,
-                "fraction": have / total if total else 1.0,
-            }
-        )
+        models.append(ModelHolding(m.name, m.revision, total, have, have == total, have / total if total else 1.0))
     pinned = cache.pinned_bytes()
-    body: dict[str, Any] = {
-        "node_id": settings.node_id,
-        "url": settings.url,
-        "policy": settings.policy,
-        "capacity_bytes": settings.capacity_bytes,
-        "used_bytes": store.used_bytes,
-        "pinned_bytes": pinned,
-        "cached_bytes": store.used_bytes - pinned,
-        "blocks": len(held),
-        "plan": cache.plan.to_json(),
-        "models": sorted(models, key=lambda x: x["name"]),
-        "block_ids": sorted(held) if request.query.get("blocks") == "1" else None,
-    }
-    return web.json_response(body)
+    state = NodeState(
+        node_id=settings.node_id,
+        url=settings.url,
+        policy=settings.policy,
+        capacity_bytes=settings.capacity_bytes,
+        used_bytes=store.used_bytes,
+        pinned_bytes=pinned,
+        cached_bytes=store.used_bytes - pinned,
+        blocks=len(held),
+        plan=cache.plan.progress(),
+        models=sorted(models, key=lambda x: x.name),
+        block_ids=sorted(held) if request.query.get("blocks") == "1" else None,
+    )
+    return message_response(state)
 
 
 async def node_demand(request: web.Request) -> web.Response:
     """GET /v1/node/demand."""
     app = request.app
-    return web.json_response({"node_id": app[settings_key].node_id, "demand": app[demand_key].snapshot()})
+    return message_response(NodeDemand(app[settings_key].node_id, app[demand_key].snapshot()))
 
 
 async def put_plan(request: web.Request) -> web.Response:
@@ -142,31 +96,17 @@ async def put_plan(request: web.Request) -> web.Response:
     raw = await read_body(request, limit=MAX_PLAN_BYTES)
     plan_id, refs = parse_plan(raw)
     status = await app[cache_key].apply_plan(plan_id, refs)
-    return web.json_response(status.to_json(), status=202)
+    return message_response(status.progress(), status=202)
 
 
 def parse_plan(raw: bytes) -> tuple[str, list[BlockRef]]:
     """The plan id and blocks of a plan body; raises `BadInput` (never anything else)."""
     if len(raw) > MAX_PLAN_BYTES:
         raise BadInput(f"plan is over {MAX_PLAN_BYTES} bytes")
-    try:
-        doc = json.loads(raw)
-        entries = doc["blocks"]
-        plan_id = str(doc.get("plan_id") or "manual")[:64]
-        refs = []
-        for entry in entries:
-            block_id, blake3, size = entry
-            if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
-                raise BadInput(f"block size must be a positive integer, got {size!r}")
-            refs.append(BlockRef(validate_block_id(block_id), validate_blake3(blake3), size))
-    # RecursionError: json.loads of deeply nested arrays (issue #9 fuzzing).
-    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
-        if isinstance(e, BadInput):
-            raise
-        raise BadInput(f"a plan is {{'plan_id': str, 'blocks': [[block_id, blake3, size], ...]}}: {e}") from None
-    return plan_id, refs
+    plan = decode_json(raw, PlanRequest, what="plan")
+    return (plan.plan_id or "manual")[:64], [BlockRef(block_id, blake3, size) for block_id, blake3, size in plan.blocks]
 
 
 async def get_plan(request: web.Request) -> web.Response:
     """GET /v1/node/plan."""
-    return web.json_response(request.app[cache_key].plan.to_json())
+    return message_response(request.app[cache_key].plan.progress())

@@ -1,7 +1,6 @@
 """The edge node's `ModelSource`: manifests from the manifest cache, blocks from the block cache."""
 
 import logging
-from typing import Any
 
 import aiohttp
 
@@ -10,6 +9,8 @@ from cachenet.edge.demand import DemandStats
 from cachenet.edge.manifests import ManifestCache
 from cachenet.httpclient import raise_for_status
 from cachenet.manifest import FileManifest, ModelManifest
+from cachenet.protocol.codec import decode_json
+from cachenet.protocol.models import ModelEntry, ModelList, RevisionEntry
 from cachenet.server.deviceapi import BlockHandle
 from cachenet.server.filesend import Pacer
 
@@ -26,31 +27,23 @@ class EdgeSource:
         self.demand = demand
         self.pacer = pacer
 
-    async def list_models(self) -> list[dict[str, Any]]:
+    async def list_models(self) -> list[ModelEntry]:
         """The origin's model list; the manifests this node knows when the origin is down."""
         url = self.cache.settings.origin_url.rstrip("/") + "/v1/models"
         try:
             async with self.cache.session.get(url) as resp:
                 await raise_for_status(resp)
-                models: list[dict[str, Any]] = (await resp.json())["models"]
-                return models
+                return decode_json(await resp.read(), ModelList, what="the origin's model list").models
         except (aiohttp.ClientError, TimeoutError, OSError):
             log.warning("origin unreachable; listing the models this node knows")
             return [
-                {
-                    "name": m.name,
-                    "source": "cached",
-                    "upstream": None,
-                    "tags": {"main": m.revision},
-                    "revisions": [
-                        {
-                            "commit": m.revision,
-                            "total_size": m.total_size,
-                            "base_commit": m.base.revision if m.base else None,
-                            "created_at": 0,
-                        }
-                    ],
-                }
+                ModelEntry(
+                    m.name,
+                    "cached",
+                    None,
+                    {"main": m.revision},
+                    [RevisionEntry(m.revision, m.total_size, m.base.revision if m.base else None, 0)],
+                )
                 for m in self.manifests.latest().values()
             ]
 

@@ -17,7 +17,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 from aiohttp import web
 
@@ -32,10 +32,13 @@ from cachenet.protocol.headers import (
     HF_LINKED_SIZE_HEADER,
     ONLY_IF_CACHED_HEADER,
 )
+from cachenet.protocol.manifest import ManifestMessage
+from cachenet.protocol.models import ModelEntry, ModelList
 from cachenet.protocol.patterns import ROUTE_MODEL_NAME
 from cachenet.ranges import parse_range
 from cachenet.server.conditional import none_match_hits
 from cachenet.server.filesend import Pacer, send_file_range
+from cachenet.server.httpbody import message_response
 from cachenet.server.hubapi import HubApi, git_oid, is_lfs_file
 from cachenet.server.openapi import ApiDoc
 
@@ -53,18 +56,6 @@ __all__ = (
 
 _BLOCK_PATTERN: Final = r"[^/]+"
 IMMUTABLE: Final = "public, max-age=31536000, immutable"
-_MANIFEST_SCHEMA: Final[dict[str, Any]] = {
-    "type": "object",
-    "required": ["format", "name", "revision", "files"],
-    "properties": {
-        "format": {"type": "string"},
-        "name": {"type": "string"},
-        "revision": {"type": "string"},
-        "base": {"type": ["object", "null"]},
-        "metadata": {"type": "object"},
-        "files": {"type": "array", "items": {"type": "object", "required": ["path", "size", "sha256", "blocks"]}},
-    },
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +99,8 @@ class ModelSource(Protocol):
 
     pacer: Pacer | None
 
-    async def list_models(self) -> list[dict[str, Any]]:
-        """JSON summaries of the models this server can serve."""
+    async def list_models(self) -> list[ModelEntry]:
+        """The models this server can serve."""
         ...
 
     async def manifest(self, name: str, revision: str) -> ModelManifest:
@@ -173,7 +164,7 @@ def add_device_routes(
         "/v1/models",
         api.list_models,
         summary="List models and their tags",
-        schema={"type": "object", "required": ["models"], "properties": {"models": {"type": "array"}}},
+        schema=ModelList,
     )
     doc.route(
         r,
@@ -181,7 +172,7 @@ def add_device_routes(
         f"/v1/models/{name}/revisions/{{revision}}",
         api.get_manifest,
         summary="Get a model manifest by revision or tag",
-        schema=_MANIFEST_SCHEMA,
+        schema=ManifestMessage,
     )
     doc.route(
         r,
@@ -242,7 +233,7 @@ class _DeviceApi:
         return await self._send(request, handle.size, headers, pieces)
 
     async def list_models(self, request: web.Request) -> web.Response:
-        return web.json_response({"models": await self.source.list_models()})
+        return message_response(ModelList(await self.source.list_models()))
 
     async def get_manifest(self, request: web.Request) -> web.Response:
         manifest = await self._manifest(request)

@@ -7,7 +7,7 @@ from aiohttp import web
 from cachenet.errors import BadInput
 from cachenet.protocol.codec import decode_json, encode_json
 
-__all__ = ("message_response", "read_body", "read_message")
+__all__ = ("message_response", "query_int", "read_body", "read_message")
 
 T = TypeVar("T")
 
@@ -34,6 +34,18 @@ async def read_body(request: web.Request, *, limit: int) -> bytes:
 async def read_message(request: web.Request, into: type[T], *, limit: int) -> T:
     """The request body as a validated message of type `into`; raises `BadInput`."""
     return decode_json(await read_body(request, limit=limit), into, what=f"{request.method} {request.path} body")
+
+
+def query_int(request: web.Request, name: str, *, default: int, low: int, high: int) -> int:
+    """An integer query parameter within [low, high]; raises `BadInput` naming it and the range."""
+    raw = request.query.get(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise BadInput(f"{name} must be an integer from {low} to {high}, got {raw[:40]!r}")
+    return value
 
 
 def message_response(message: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

@@ -32,6 +32,7 @@ from cachenet.errors import BadInput, CachenetError, FileNotInModel
 from cachenet.manifest import FileManifest, ModelManifest
 from cachenet.names import validate_file_path, validate_model_name, validate_revision
 from cachenet.protocol.headers import HF_COMMIT_HEADER
+from cachenet.protocol.models import ModelEntry
 from cachenet.server.openapi import ApiDoc
 
 __all__ = ("HubApi", "LFS_MIN_BYTES", "ReadWhole", "git_blob_id", "git_oid", "is_lfs_file", "lfs_pointer")
@@ -52,8 +53,8 @@ ReadWhole = Callable[[ModelManifest, FileManifest], Awaitable[bytes]]
 class HubSource(Protocol):
     """What the Hub routes need from a server's `ModelSource`."""
 
-    async def list_models(self) -> list[dict[str, Any]]:
-        """JSON summaries of the models (name, tags, revisions)."""
+    async def list_models(self) -> list[ModelEntry]:
+        """The models (name, tags, revisions newest first)."""
         ...
 
     async def manifest(self, name: str, revision: str) -> ModelManifest:
@@ -203,23 +204,19 @@ class HubApi:
 
     async def refs(self, request: web.Request) -> web.Response:
         name = validate_model_name(request.match_info["name"])
-        summary = await self._summary(name)
+        tags, _ = await self._history(name)
         branches = [
-            {"name": tag, "ref": f"refs/heads/{tag}", "targetCommit": commit}
-            for tag, commit in sorted(summary.get("tags", {}).items())
+            {"name": tag, "ref": f"refs/heads/{tag}", "targetCommit": commit} for tag, commit in sorted(tags.items())
         ]
         return web.json_response({"branches": branches, "tags": [], "converts": [], "pullRequests": []})
 
     async def commits(self, request: web.Request) -> web.Response:
         manifest = await self._manifest(request)
-        summary = await self._summary(manifest.name)
-        revisions = [r for r in summary.get("revisions", []) if isinstance(r, dict)]
-        dates = {str(r.get("commit")): r.get("created_at") for r in revisions}
+        _, revisions = await self._history(manifest.name)
+        dates = dict(revisions)
         # Revisions newest first; the history of a revision is it and what was published before it.
-        older = [str(r["commit"]) for r in revisions if r.get("commit") != manifest.revision]
         mine = dates.get(manifest.revision)
-        if isinstance(mine, int | float):
-            older = [c for c in older if isinstance(dates.get(c), int | float) and dates[c] <= mine]  # type: ignore[operator]
+        older = [c for c, t in revisions if c != manifest.revision and (mine is None or t <= mine)]
         out = [_commit(manifest.name, c, dates.get(c)) for c in [manifest.revision, *older][:_MAX_COMMITS]]
         return web.json_response(out, headers={HF_COMMIT_HEADER: manifest.revision})
 
@@ -256,13 +253,13 @@ class HubApi:
         revision = validate_revision(request.match_info.get("revision", "main"))
         return await self.source.manifest(name, revision)
 
-    async def _summary(self, name: str) -> dict[str, Any]:
-        """The model's tags and revisions; `RepoNotFound` when the model is unknown."""
+    async def _history(self, name: str) -> tuple[dict[str, str], list[tuple[str, float]]]:
+        """The model's tags and its (commit, publish time) newest first; `RepoNotFound` when unknown."""
         for m in await self.source.list_models():
-            if m.get("name") == name:
-                return m
+            if m.name == name:
+                return dict(m.tags), [(r.commit, r.created_at) for r in m.revisions]
         manifest = await self.source.manifest(name, "main")  # raises RepoNotFound
-        return {"name": name, "tags": {"main": manifest.revision}, "revisions": [{"commit": manifest.revision}]}
+        return {"main": manifest.revision}, [(manifest.revision, 0.0)]
 
 
 def _flag(value: str | None) -> bool:
@@ -273,8 +270,8 @@ def _folder(path: str) -> dict[str, Any]:
     return {"type": "directory", "oid": "0" * 40, "size": 0, "path": path}
 
 
-def _commit(name: str, commit: str, created: object) -> dict[str, Any]:
-    when = created if isinstance(created, int | float) else 0
+def _commit(name: str, commit: str, created: float | None) -> dict[str, Any]:
+    when = created or 0
     date = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(when))
     title = f"publish {name}"
     return {"id": commit, "title": title, "message": "", "authors": [{"user": "cachenet"}], "date": date}

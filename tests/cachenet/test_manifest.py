@@ -69,3 +69,21 @@ def test_relayed_error_payload_with_a_status_code_rebuilds() -> None:
 
     err = error_from_payload(404, {"error": "ModelNotFound", "message": "no", "status_code": 404, "model": "m"})
     assert isinstance(err, ModelNotFound) and err.attrs["model"] == "m"
+
+
+def test_numbers_json_cannot_write_are_refused_even_with_an_upstream_commit() -> None:
+    # Python's json writes inf as "Infinity", which no other JSON parser reads.
+    with pytest.raises(ManifestInvalid, match="NaN or infinity"):
+        ModelManifest("org/m", (), None, {"x": float("inf"), "upstream_commit": "0" * 40})
+    body = b'{"format":"cachenet.manifest/1","name":"org/m","files":[],"metadata":{"x":Infinity}}'
+    with pytest.raises(ManifestInvalid, match="not JSON"):
+        ModelManifest.from_bytes(body)
+
+
+def test_malformed_documents_name_the_field() -> None:
+    doc = _model().to_json()
+    doc["files"][0]["blocks"][0][2] = 0
+    with pytest.raises(ManifestInvalid, match=r"\$\.files\[0\]\.blocks\[0\]"):
+        ModelManifest.from_json(doc)
+    with pytest.raises(ManifestInvalid, match="format"):
+        ModelManifest.from_json({**_model().to_json(), "format": "other/1"})

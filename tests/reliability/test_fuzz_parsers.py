@@ -68,7 +68,11 @@ def _write_counts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 # -- strategies ---------------------------------------------------------------------------
 
 json_leaves = (
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=12)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12)
 )
 json_values = st.recursive(
     json_leaves,
