@@ -17,7 +17,9 @@ by its own report (`elapsed_s`, from manifest to renamed files). Rounds are inte
 import argparse
 import json
 import os
+import resource
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -31,7 +33,6 @@ from safetensors.numpy import save_file
 
 from bench.machine import write_result
 from bench.processes import (
-    free_port,
     run_cachenet,
     start_cachenet,
     start_nginx,
@@ -43,6 +44,39 @@ from bench.publish_throughput import make_model
 __all__ = ("main",)
 
 MIB: Final = 1024 * 1024
+_PORTS = iter(range(23000, 24000))
+
+
+def free_port() -> int:
+    """The next port of this bench's range (23000-23999), checked free."""
+    return next(p for p in _PORTS if _port_is_free(p))
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _timed(argv: list[str]) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system, the child and its children) of a command."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def _new_bytes(folder: Path, base: Path) -> int:
+    """Bytes of the files in `folder` that are not hard links of files in `base` (written anew)."""
+    known = {p.stat().st_ino for p in base.rglob("*") if p.is_file()}
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.stat().st_ino not in known)
+
+
 TOKEN: Final = "bench-token"
 
 
@@ -151,28 +185,24 @@ def _run(tmp: Path, args: argparse.Namespace, procs: dict[str, "subprocess.Popen
     wait_ready(fast)
 
     rounds: list[dict[str, Any]] = []
+    nginx_url = f"http://127.0.0.1:{nginx_port}/files/model.safetensors"
+    curl_out = str(tmp / "out-curl.safetensors")
     for r in range(args.rounds):
         one: dict[str, Any] = {}
         order = ["curl", "pull"] if r % 2 == 0 else ["pull", "curl"]
         for what in order:
             _drop_outputs(tmp)
             if what == "curl":
-                start = time.perf_counter()
-                subprocess.run(
-                    [
-                        "curl",
-                        "-sf",
-                        "-o",
-                        str(tmp / "out-curl.safetensors"),
-                        f"http://127.0.0.1:{nginx_port}/files/model.safetensors",
-                    ],
-                    check=True,
+                one["curl_s"], one["curl_cpu_s"] = _timed(["curl", "-sf", "-o", curl_out, nginx_url])
+                _drop_outputs(tmp)
+                one["curl_sync_s"], one["curl_sync_cpu_s"] = _timed(
+                    ["sh", "-c", f"curl -sf -o {curl_out} {nginx_url} && sync"]
                 )
-                one["curl_s"] = time.perf_counter() - start
             else:
                 cold = _pull("bench/model", [fast], tmp / "store", tmp / "out")
                 _check_identical(tmp / "out" / "model.safetensors", model)
                 one["pull_cli_s"], one["pull_report_s"] = cold["wall_s"], cold["elapsed_s"]
+                one["pull_cpu_s"] = cold["cpu_s"]
                 one["cold_fetched_bytes"] = cold["fetched_bytes"]
                 nofsync = _pull(
                     "bench/model",
@@ -185,18 +215,15 @@ def _run(tmp: Path, args: argparse.Namespace, procs: dict[str, "subprocess.Popen
                     nofsync["wall_s"],
                     nofsync["elapsed_s"],
                 )
-                # warm switch: the base is in ./store now; lora-1 then lora-2 fetch adapters only
-                _pull("bench/lora-1", [fast], tmp / "store", None, blocks_only=True)
+                one["pull_nofsync_cpu_s"] = nofsync["cpu_s"]
+                # LoRA switch: the base was pulled into ./out; lora-2 is written beside it.
                 switch = _pull("bench/lora-2", [fast], tmp / "store", tmp / "out-lora2")
+                _check_identical(tmp / "out-lora2" / "model.safetensors", model)
                 one["switch_fetched_bytes"] = switch["fetched_bytes"]
                 one["switch_reused_bytes"] = switch["reused_bytes"]
                 one["switch_cli_s"], one["switch_report_s"] = switch["wall_s"], switch["elapsed_s"]
-                shutil.rmtree(tmp / "store")
-                _pull("bench/model", [fast], tmp / "store", None, blocks_only=True)
-                only = _pull("bench/lora-2", [fast], tmp / "store", None, blocks_only=True)
-                one["switch_blocks_only_report_s"] = only["elapsed_s"]
-                cold_blocks = _pull("bench/model", [fast], tmp / "store-cold-blocks", None, blocks_only=True)
-                one["cold_blocks_only_report_s"] = cold_blocks["elapsed_s"]
+                one["switch_written_bytes"] = _new_bytes(tmp / "out-lora2", tmp / "out")
+                one["adapter_bytes"] = sum(p.stat().st_size for p in adapters[1].iterdir())
         rounds.append(one)
         print(
             f"round {r + 1}: {json.dumps({k: round(v, 3) for k, v in one.items()})}",
@@ -215,34 +242,66 @@ def _run(tmp: Path, args: argparse.Namespace, procs: dict[str, "subprocess.Popen
     for url in urls:
         wait_ready(url)
     multi_rounds = []
+    manifest = json.loads(
+        subprocess.run(
+            ["curl", "-sf", f"{urls[0]}/v1/models/bench/model/revisions/main"], check=True, capture_output=True
+        ).stdout
+    )
+    file_urls = [f"{u}/v1/models/bench/model/revisions/{manifest['revision']}/files/model.safetensors" for u in urls]
     for r in range(args.rounds):
         one = {}
-        for label, sources in (
-            (("one", urls[:1]), ("three", urls)) if r % 2 == 0 else (("three", urls), ("one", urls[:1]))
-        ):
+        labels = ["one", "three", "aria2c"] if r % 2 == 0 else ["aria2c", "three", "one"]
+        for label in labels:
             _drop_outputs(tmp)
+            if label == "aria2c":
+                wall, cpu = _timed(
+                    [
+                        "aria2c",
+                        "-q",
+                        "-x3",
+                        "-s3",
+                        "--file-allocation=none",
+                        "-d",
+                        str(tmp),
+                        "-o",
+                        "out-curl.safetensors",
+                        *file_urls,
+                    ]
+                )
+                _check_identical(tmp / "out-curl.safetensors", model)
+                one["aria2c_s"], one["aria2c_cpu_s"] = wall, cpu
+                continue
+            sources = urls[:1] if label == "one" else urls
             rep = _pull("bench/model", sources, tmp / "store-multi", tmp / "out-multi", extra=["--no-fsync"])
             _check_identical(tmp / "out-multi" / "model.safetensors", model)
             one[f"{label}_report_s"] = rep["elapsed_s"]
+            one[f"{label}_cli_s"] = rep["wall_s"]
             one[f"{label}_source_bytes"] = [s["bytes"] for s in rep["sources"]]
         multi_rounds.append(one)
         print(f"multi round {r + 1}: {json.dumps(one)}", file=sys.stderr)
 
     med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
-    mmed = {k: statistics.median(r[k] for r in multi_rounds) for k in ("one_report_s", "three_report_s")}
+    mkeys = ("one_report_s", "three_report_s", "three_cli_s", "aria2c_s", "aria2c_cpu_s")
+    mmed = {k: statistics.median(r[k] for r in multi_rounds) for k in mkeys}
+    gb = size / 1e9
     summary = {
         "model_bytes": size,
+        "cold_pull_cli_over_curl_sync": round(med["pull_cli_s"] / med["curl_sync_s"], 3),
         "cold_pull_cli_over_curl": round(med["pull_cli_s"] / med["curl_s"], 3),
+        "cold_pull_report_over_curl_sync": round(med["pull_report_s"] / med["curl_sync_s"], 3),
         "cold_pull_report_over_curl": round(med["pull_report_s"] / med["curl_s"], 3),
         "cold_pull_nofsync_report_over_curl": round(med["pull_nofsync_report_s"] / med["curl_s"], 3),
-        "cold_pull_GBps_report": round(size / med["pull_report_s"] / 1e9, 3),
-        "curl_GBps": round(size / med["curl_s"] / 1e9, 3),
-        "warm_switch_bytes_fraction": round(med["switch_fetched_bytes"] / med["cold_fetched_bytes"], 5),
-        "warm_switch_time_fraction_with_files": round(med["switch_report_s"] / med["pull_report_s"], 3),
-        "warm_switch_time_fraction_blocks_only": round(
-            med["switch_blocks_only_report_s"] / med["cold_blocks_only_report_s"], 3
-        ),
-        "multi_source_three_over_one_time": round(mmed["three_report_s"] / mmed["one_report_s"], 3),
+        "cold_pull_cpu_s_per_GB": round(med["pull_cpu_s"] / gb, 3),
+        "curl_cpu_s_per_GB": round(med["curl_cpu_s"] / gb, 3),
+        "curl_sync_cpu_s_per_GB": round(med["curl_sync_cpu_s"] / gb, 3),
+        "cold_pull_GBps_report": round(gb / med["pull_report_s"], 3),
+        "curl_GBps": round(gb / med["curl_s"], 3),
+        "switch_time_fraction_of_cold_pull": round(med["switch_report_s"] / med["pull_report_s"], 4),
+        "switch_cli_time_fraction_of_cold_pull_cli": round(med["switch_cli_s"] / med["pull_cli_s"], 4),
+        "switch_written_over_adapter_bytes": round(med["switch_written_bytes"] / med["adapter_bytes"], 4),
+        "switch_fetched_over_adapter_bytes": round(med["switch_fetched_bytes"] / med["adapter_bytes"], 4),
+        "three_sources_report_over_aria2c": round(mmed["three_report_s"] / mmed["aria2c_s"], 3),
+        "three_sources_cli_over_aria2c": round(mmed["three_cli_s"] / mmed["aria2c_s"], 3),
         "multi_source_speedup": round(mmed["one_report_s"] / mmed["three_report_s"], 3),
         "egress_rate_per_node": args.egress_rate,
     }
@@ -256,19 +315,19 @@ def _run(tmp: Path, args: argparse.Namespace, procs: dict[str, "subprocess.Popen
         "setup": {
             "model": f"{args.tensors} float32 tensors, {size} bytes (bench.publish_throughput.make_model)",
             "adapters": "two PEFT-style adapters of ~4.7 MB published with --base bench/model",
-            "client": "python -m cachenet pull --json (default settings: 8 blocks in flight, 4 per source, "
-            "BLAKE3 per block, SHA-256 per file, fsync unless --no-fsync)",
-            "curl": "curl -o from nginx (sendfile, 2 workers), no fsync",
+            "client": "python -m cachenet pull --json (default settings: 8 blocks in flight, 4 per source; "
+            "every block verified by XXH3 id + BLAKE3, written in place, one fsync per file unless --no-fsync)",
+            "curl": "curl -o from nginx (sendfile, 2 workers); curl_sync adds `&& sync`",
+            "aria2c": "aria2c -x3 -s3 with the file URL of each of the three rate-capped edges",
+            "cpu": "user + system seconds of the command and its children (getrusage RUSAGE_CHILDREN)",
             "edges": "hold every block before the timed pulls (warmed once, data folders copied)",
-            "order": "interleaved; curl first in even rounds",
+            "order": "interleaved; curl first in even rounds, aria2c first in odd multi rounds",
         },
         "notes": [
-            "pull_cli_s includes the CLI's start-up (imports of every package's subcommands, ~1-2 s); "
-            "pull_report_s is the pull's own time from manifest request to renamed files.",
-            "The pull writes every byte twice (verified block store + assembled file) and hashes it "
-            "with BLAKE3 and SHA-256; curl writes once and verifies nothing.",
-            "warm switch with files rewrites and re-hashes the 1 GiB of base files into a new folder; "
-            "blocks-only is the fetch alone.",
+            "pull_cli_s includes the CLI's start-up; pull_report_s is the pull's own time from manifest "
+            "request to renamed files.",
+            "switch: lora-2 written into a new folder while the base's files are local (./out); the base "
+            "file is hard-linked, switch_written_bytes counts files that are not links of ./out.",
         ],
     }
 
@@ -306,9 +365,12 @@ def _pull(
         argv += ["--source", s]
     argv += ["--blocks-only"] if blocks_only or out is None else ["--out", str(out)]
     start = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run([sys.executable, "-m", "cachenet", *argv], check=True, capture_output=True)
     report: dict[str, Any] = json.loads(proc.stdout)
     report["wall_s"] = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    report["cpu_s"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return report
 
 

@@ -107,8 +107,8 @@ def build_catalogue(*, seed: int) -> Catalogue:
     return Catalogue(tuple(models), sizes, backbone, {b: tuple(u) for b, u in users.items()})
 
 
-def build_trace(catalogue: Catalogue, *, requests: int, seed: int) -> list[tuple[int, bool]]:
-    """Zipf requests whose popularity ranking is reshuffled every DRIFT_EVERY_REQUESTS.
+def build_trace(catalogue: Catalogue, *, requests: int, seed: int, drift: bool = True) -> list[tuple[int, bool]]:
+    """Zipf requests whose popularity ranking is reshuffled every DRIFT_EVERY_REQUESTS (or never).
 
     Each entry is (model index, adapter_only): adapter_only marks a device that already holds
     the backbone and fetches only the adapter's blocks (the "adapter-only" scenario).
@@ -118,8 +118,10 @@ def build_trace(catalogue: Catalogue, *, requests: int, seed: int) -> list[tuple
     weights = 1.0 / np.arange(1, n + 1) ** ZIPF_EXPONENT
     probs = weights / weights.sum()
     trace: list[tuple[int, bool]] = []
+    ranking = np.arange(n)
     while len(trace) < requests:
-        ranking = rng.permutation(n)
+        if drift or not trace:
+            ranking = rng.permutation(n)
         count = min(DRIFT_EVERY_REQUESTS, requests - len(trace))
         ranks = rng.choice(n, size=count, p=probs)
         partial = rng.random(count) < ADAPTER_ONLY_FRACTION
@@ -150,7 +152,7 @@ def run_policy(
     it; otherwise the policy learns users from the requests that read the block.
     """
     clock = ManualClock()
-    half_life_s = HALF_LIFE_S if name == "sharing-lfu" else None
+    half_life_s = HALF_LIFE_S if name in ("sharing-lfu", "bundle") else None
     policy: ReplacementPolicy = make_policy(name, capacity_bytes=capacity_bytes, clock=clock, half_life_s=half_life_s)
     model_hits = obj_hits = obj_reqs = hit_bytes = req_bytes = backbone_evicted_bytes = 0
     started = time.perf_counter()

@@ -19,6 +19,8 @@ CachenetError
 ├── CapacityExceeded (OSError)             507
 ├── Unauthorized (PermissionError)         401
 ├── Forbidden (PermissionError)             403   refused by a rule (e.g. a deny pattern)
+├── TooManyRequests                        429   one client asked too often (Retry-After)
+├── Overloaded                             503   a bounded queue is full (Retry-After)
 └── UpstreamUnavailable (ConnectionError)  503
     └── UpstreamTimeout                    504   an upstream hub cannot be reached
 """
@@ -40,10 +42,12 @@ __all__ = (
     "MissingBlocks",
     "ModelNotFound",
     "NotFound",
+    "Overloaded",
     "RangeNotSatisfiable",
     "RepoNotFound",
     "RevisionNotFound",
     "SafetensorsInvalid",
+    "TooManyRequests",
     "Unauthorized",
     "UpstreamTimeout",
     "UpstreamUnavailable",
@@ -174,6 +178,18 @@ class Forbidden(CachenetError, PermissionError):
     status = 403
 
 
+class TooManyRequests(CachenetError):
+    """One client asked more often than its share; `retry_after_s` says when to try again."""
+
+    status = 429
+
+
+class Overloaded(CachenetError):
+    """A bounded queue of expensive work is full; `retry_after_s` says when to try again."""
+
+    status = 503
+
+
 _BY_NAME: dict[str, type[CachenetError]] = {
     cls.__name__: cls
     for cls in (
@@ -198,6 +214,8 @@ _BY_NAME: dict[str, type[CachenetError]] = {
         UpstreamUnavailable,
         UpstreamTimeout,
         Forbidden,
+        TooManyRequests,
+        Overloaded,
     )
 }
 _BY_STATUS: dict[int, type[CachenetError]] = {
@@ -207,6 +225,7 @@ _BY_STATUS: dict[int, type[CachenetError]] = {
     422: BadInput,
     401: Unauthorized,
     403: Forbidden,
+    429: TooManyRequests,
     507: CapacityExceeded,
     502: UpstreamUnavailable,
     503: UpstreamUnavailable,

@@ -4,10 +4,11 @@ import re
 from typing import Final
 
 from cachenet.errors import InvalidName
-from cachenet.protocol.patterns import COMMIT, MODEL_NAME, REVISION, anchored
+from cachenet.protocol.patterns import CELL_ID, COMMIT, MODEL_NAME, REVISION, anchored
 
 __all__ = (
     "COMMIT_RE",
+    "parse_cell",
     "parse_model_ref",
     "validate_file_path",
     "validate_model_name",
@@ -17,8 +18,22 @@ __all__ = (
 _MODEL_NAME_RE: Final = anchored(MODEL_NAME)
 _REVISION_RE: Final = anchored(REVISION)
 COMMIT_RE: Final = anchored(COMMIT)
-_PATH_PART_RE: Final = re.compile(r"^[^\x00-\x1f/\\:*?\"<>|\ud800-\udfff]{1,255}\Z")
+_CELL_RE: Final = anchored(CELL_ID)
+# No control characters (C0, DEL, C1), line or paragraph separators: every download of such
+# a name failed (a header cannot carry it), so it is refused when published (issue 14).
+_PATH_PART_RE: Final = re.compile(r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029/\\:*?\"<>|\ud800-\udfff]{1,255}\Z")
 MAX_PATH_CHARS: Final = 1024
+
+
+def parse_cell(value: str | None) -> str | None:
+    """A device's cell id from its request header, or None when absent or malformed.
+
+    A malformed cell is ignored rather than refused: demand statistics are advisory, and a
+    download must not fail over them.
+    """
+    if value is None or not _CELL_RE.match(value):
+        return None
+    return value
 
 
 def validate_model_name(name: str) -> str:

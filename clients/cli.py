@@ -88,6 +88,11 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
         type=parse_rate,
         help="what this device's link takes, e.g. 20Mbit: the node keeps faster multicast groups from waiting for it",
     )
+    p.add_argument(
+        "--verify-files",
+        action="store_true",
+        help="read each written file once more and check its SHA-256 (every block is verified anyway)",
+    )
     p.add_argument("--no-fsync", dest="fsync", action="store_false", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -141,6 +146,7 @@ def _pull(args: argparse.Namespace) -> int:
             multicast=MulticastOptions(mode=args.multicast, interface=args.multicast_interface, rate=args.link_rate),
             progress=False if args.no_progress or args.json else None,
             env=os.environ,
+            verify_files=args.verify_files,
         )
     )
     if args.json:

@@ -13,19 +13,20 @@ where it stopped.
 import asyncio
 import functools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import aiohttp
 
-from cachenet.blockstore import BlockStore, BlockWriter
+from cachenet.blockstore import BlockStore
 from cachenet.errors import BlockCorrupt, CachenetError, CapacityExceeded, UpstreamUnavailable
 from cachenet.httpclient import raise_for_status
 from cachenet.manifest import BlockRef
 from cachenet.protocol.headers import BLAKE3_HEADER
 from clients.sources import NoSourceLeft, Source, SourcePool
 
-__all__ = ("BlockFetcher", "FetchStats")
+__all__ = ("BlockFetcher", "BlockSink", "FetchStats", "SinkWriter")
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int], object]
@@ -43,19 +44,57 @@ class FetchStats:
     retries: int
 
 
+class SinkWriter(Protocol):
+    """One block being written (`BlockWriter`, or `FileBlockWriter` straight into an output file)."""
+
+    @property
+    def written(self) -> int:
+        """Bytes written so far."""
+        ...
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append the next piece."""
+        ...
+
+    def commit(self) -> bool:
+        """Verify and keep the block; raises `BlockCorrupt`."""
+        ...
+
+    def abort(self) -> None:
+        """Discard the partial block."""
+        ...
+
+
+class BlockSink(Protocol):
+    """Where fetched blocks go: the block store, or a pull's output files (`OutputFiles`)."""
+
+    def has(self, block_id: str) -> bool:
+        """True when the block needs no fetching."""
+        ...
+
+    def writer(self, block_id: str, *, blake3: str | None = None, expected_size: int | None = None) -> SinkWriter:
+        """A writer for one block."""
+        ...
+
+
 @dataclass(slots=True)
 class _Partial:
     """A block being written, possibly by several sources in turn."""
 
-    writer: BlockWriter
+    writer: SinkWriter
     contributors: set[str] = field(default_factory=set)
 
 
 class BlockFetcher:
     """Fetches blocks missing from `store` through `pool`; one transfer per block."""
 
-    def __init__(self, store: BlockStore, pool: SourcePool, *, progress: Progress | None = None) -> None:
+    def __init__(
+        self, store: BlockStore, pool: SourcePool, *, progress: Progress | None = None, sink: BlockSink | None = None
+    ) -> None:
         self.store = store
+        self.sink: BlockSink = store if sink is None else sink
+        # When set, `ensure` first waits for the sink it yields (a pull's output files being opened).
+        self.ready: Callable[[], Awaitable[BlockSink]] | None = None
         self.pool = pool
         self.progress = progress
         self._slots = asyncio.Semaphore(pool.settings.concurrency)
@@ -84,6 +123,8 @@ class BlockFetcher:
         Raises `UpstreamUnavailable` when a block could not be had intact from any
         source within `max_attempts`, `CapacityExceeded` when the disk is full.
         """
+        if self.ready is not None:
+            self.sink = await self.ready()
         wanted = {r.block_id: r for r in refs}
         while True:
             tasks, created = self._start(wanted.values())
@@ -106,7 +147,7 @@ class BlockFetcher:
         tasks, created = [], []
         # Largest first: the long transfers start early and the tail is made of small ones.
         for ref in sorted(refs, key=lambda r: -r.size):
-            if self.store.has(ref.block_id):
+            if self.sink.has(ref.block_id):
                 continue
             task = self._inflight.get(ref.block_id)
             if task is None:
@@ -123,7 +164,7 @@ class BlockFetcher:
 
     async def _fetch(self, ref: BlockRef) -> None:
         async with self._slots:
-            if not self.store.has(ref.block_id):
+            if not self.sink.has(ref.block_id):
                 await self._fetch_one(ref)
 
     async def _fetch_one(self, ref: BlockRef) -> None:
@@ -152,7 +193,7 @@ class BlockFetcher:
                 try:
                     if partial is None:
                         writer = await asyncio.to_thread(
-                            self.store.writer,
+                            self.sink.writer,
                             ref.block_id,
                             blake3=ref.blake3,
                             expected_size=ref.size,

@@ -2,9 +2,11 @@
 
 A LoRA model's manifest names its base revision: the base's files are written too (the
 adapter's files beside them), or, with `merge_lora`, the base's files with its weights
-merged with the adapter (W + scale·B·A) and no adapter files. Blocks land in the local
-block store first, verified, so an interrupted pull resumes where it stopped and a
-second variant of the same base fetches only its adapter.
+merged with the adapter (W + scale·B·A) and no adapter files. Each block is written once,
+verified, straight into its place in the output files, which then serve as the device's
+block store (`clients.fileindex`): an interrupted pull resumes where it stopped, and a
+second variant of the same base hard-links the base's files and fetches only its adapter.
+A merge, and a pull without output folder, keep blocks in the block store.
 """
 
 import asyncio
@@ -15,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from tqdm import tqdm
 
@@ -26,10 +28,12 @@ from cachenet.names import parse_model_ref
 from cachenet.units import count, format_bytes
 from clients.assemble import assemble_file
 from clients.config import DEFAULT_SETTINGS, PullSettings
-from clients.fetch import BlockFetcher
+from clients.fetch import BlockFetcher, BlockSink
+from clients.fileindex import INDEX_FILE, FileIndex, indexed_ids
 from clients.localstore import open_local_store, read_file_range
 from clients.merge import ADAPTER_FILES, LoraSpec, MergeOp, apply_merge, plan_merge
 from clients.multicast.session import MulticastOptions, MulticastStats, fetch_with_multicast
+from clients.outfiles import OutputFiles
 from clients.sources import SourcePool, SourceReport
 from clients.tensorfile import TensorFileInfo, TensorInfo, header_length, parse_tensor_header
 
@@ -45,6 +49,8 @@ __all__ = (
     "write_files",
 )
 log = logging.getLogger(__name__)
+
+CHECKPOINT_S: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +158,7 @@ async def pull(
     progress: bool | None = None,
     env: Mapping[str, str] | None = None,
     clock: Callable[[], float] = time.monotonic,
+    verify_files: bool = False,
 ) -> PullReport:
     """Pull `NAME[@REV]` from `sources` into the local store; write its files to `out_dir`.
 
@@ -179,6 +186,7 @@ async def pull(
             progress=progress,
             started=started,
             clock=clock,
+            verify_files=verify_files,
         )
     finally:
         await pool.close()
@@ -205,8 +213,13 @@ async def fetch_and_write(
     progress: bool | None = None,
     started: float | None = None,
     clock: Callable[[], float] = time.monotonic,
+    verify_files: bool = False,
 ) -> PullReport:
-    """Fetch the blocks of a model's files that `store` lacks (by multicast where it helps), then write the files."""
+    """Fetch the blocks of a model's files the device lacks (by multicast where it helps) and write the files.
+
+    With `out_dir` (and no merge) every block goes straight into its place in the output
+    files (`clients.outfiles`); without, into the block store (a prefetch).
+    """
     started = clock() if started is None else started
     settings = fetcher.pool.settings
     if merge_lora and base is None:
@@ -219,7 +232,22 @@ async def fetch_and_write(
     for f in [p.file for p in plans] + (list(manifest.files) if merge_lora else []):
         for block in f.blocks:
             needed.setdefault(block.block_id, block)
-    missing = [b for b in needed.values() if not store.has(b.block_id)]
+    outputs: OutputFiles | None = None
+    lazy: _LazyOutputs | None = None
+    if out_dir is not None and not merge_lora:
+        lazy = _LazyOutputs(store, plans, Path(out_dir), settings.fsync)
+        if multicast is None or multicast.mode == "off":
+            outputs = await lazy.get()
+            missing = list(outputs.needed().values())
+        else:
+            # Devices joining one multicast batch must not wait for their files to open first.
+            # (opened when the first block is to be written: 8 devices opening files in one test
+            # process would hold the GIL through the batching window).
+            index_path = store.root / INDEX_FILE
+            known = await asyncio.to_thread(indexed_ids, index_path, needed) if index_path.exists() else set()
+            missing = [b for b in needed.values() if not store.has(b.block_id) and b.block_id not in known]
+    else:
+        missing = [b for b in needed.values() if not store.has(b.block_id)]
     missing_bytes = sum(b.size for b in missing)
     before = fetcher.stats()
     show = sys.stderr.isatty() if progress is None else progress
@@ -233,7 +261,12 @@ async def fetch_and_write(
         leave=False,
     ) as bar:
         previous, fetcher.progress = fetcher.progress, bar.update
+        sink = fetcher.sink
+        checkpoints = None
         try:
+            if lazy is not None:
+                fetcher.ready = lazy.sink
+                checkpoints = asyncio.create_task(_checkpoints(lazy))
             mc = await fetch_with_multicast(
                 missing,
                 manifest=manifest,
@@ -241,15 +274,30 @@ async def fetch_and_write(
                 options=multicast or MulticastOptions(mode="off"),
                 progress=bar.update,
             )
+            if lazy is not None:
+                outputs = await lazy.get()
+                await asyncio.to_thread(outputs.copy_from_store, store)
+                # Blocks the index named but whose bytes no longer verify (an edited output).
+                await fetcher.ensure(list(outputs.needed().values()))
+                await asyncio.to_thread(outputs.finish, verify_files=verify_files)
         finally:
-            fetcher.progress = previous
+            fetcher.progress, fetcher.sink, fetcher.ready = previous, sink, None
+            if checkpoints is not None:
+                checkpoints.cancel()
+            if lazy is not None and lazy.task is not None:
+                opened = await asyncio.gather(lazy.task, return_exceptions=True)
+                if isinstance(opened[0], OutputFiles):
+                    await asyncio.to_thread(opened[0].close)
+                    opened[0].index.close()
     merged = 0
-    if out_dir is not None:
+    if out_dir is not None and lazy is None:
         merged = await write_files(
             store, plans, Path(out_dir), settings=settings, adapter=manifest if merge_lora else None
         )
     after = fetcher.stats()
     needed_bytes = sum(b.size for b in needed.values())
+    fetched_bytes = after.fetched_bytes - before.fetched_bytes + mc.stored_bytes
+    fetched_blocks = after.fetched_blocks - before.fetched_blocks + mc.multicast_blocks + mc.repaired_blocks
     report = PullReport(
         name=manifest.name,
         revision=manifest.revision,
@@ -258,10 +306,12 @@ async def fetch_and_write(
         files=tuple(p.path for p in plans),
         total_bytes=sum(p.file.size for p in plans),
         needed_bytes=needed_bytes,
-        fetched_bytes=after.fetched_bytes - before.fetched_bytes + mc.stored_bytes,
-        fetched_blocks=after.fetched_blocks - before.fetched_blocks + mc.multicast_blocks + mc.repaired_blocks,
-        reused_bytes=needed_bytes - missing_bytes,
-        reused_blocks=len(needed) - len(missing),
+        fetched_bytes=fetched_bytes,
+        fetched_blocks=fetched_blocks,
+        # In place, what was not fetched came from the device (an estimate made before the
+        # output files were open may have named blocks whose bytes no longer verify).
+        reused_bytes=needed_bytes - (fetched_bytes if lazy is not None else missing_bytes),
+        reused_blocks=len(needed) - (fetched_blocks if lazy is not None else len(missing)),
         received_bytes=after.received_bytes - before.received_bytes + mc.multicast_bytes + mc.repair_bytes,
         wasted_bytes=after.wasted_bytes - before.wasted_bytes,
         refused_blocks=after.refused_blocks - before.refused_blocks,
@@ -273,6 +323,48 @@ async def fetch_and_write(
     )
     log.info("%s", report.summary())
     return report
+
+
+def _open_outputs(store: BlockStore, plans: Sequence[FilePlan], out_dir: Path, fsync: bool) -> OutputFiles:
+    """The pull's output files, with what the device already has in place (blocking)."""
+    index = FileIndex(store.root / INDEX_FILE, fsync=fsync)
+    outputs = OutputFiles(out_dir, [p.file for p in plans], index, fsync=fsync)
+    try:
+        outputs.open()
+        outputs.place_local(store)
+    except BaseException:
+        outputs.close()
+        index.close()
+        raise
+    return outputs
+
+
+class _LazyOutputs:
+    """The pull's output files, opened (in a thread) on first use."""
+
+    def __init__(self, store: BlockStore, plans: Sequence[FilePlan], out_dir: Path, fsync: bool) -> None:
+        self._args = (store, plans, out_dir, fsync)
+        self.task: asyncio.Future[OutputFiles] | None = None
+
+    def get(self) -> "asyncio.Future[OutputFiles]":
+        if self.task is None:
+            self.task = asyncio.ensure_future(asyncio.to_thread(_open_outputs, *self._args))
+        return self.task
+
+    async def sink(self) -> BlockSink:
+        return await self.get()
+
+
+async def _checkpoints(lazy: _LazyOutputs) -> None:
+    """Record the blocks placed so far once a second, so a killed pull resumes from them."""
+    while True:
+        await asyncio.sleep(CHECKPOINT_S)
+        task = lazy.task
+        if task is None or not task.done():
+            continue
+        if task.cancelled() or task.exception() is not None:
+            return
+        await asyncio.to_thread(task.result().checkpoint)
 
 
 def pull_sync(ref: str, **options: Any) -> PullReport:

@@ -14,7 +14,17 @@ from placement.errors import ScenarioInvalid
 
 # The solvers (and scipy, networkx and aiohttp under them) load only when a command runs:
 # tests/placement checks these names against SOLVERS.
-SOLVER_NAMES = ("independent", "optimal", "trimcaching-gen", "trimcaching-gen-density", "trimcaching-spec")
+SOLVER_NAMES = (
+    "independent",
+    "optimal",
+    "trimcaching-gen",
+    "trimcaching-gen-density",
+    "trimcaching-gen-density-ls",
+    "trimcaching-gen-ls",
+    "trimcaching-ls",
+    "trimcaching-spec",
+    "trimcaching-spec-ls",
+)
 
 __all__ = ("SOLVER_NAMES", "add_placement_commands", "register")
 
@@ -150,7 +160,7 @@ def _add_controller_command(sub: Any) -> None:
     serve.add_argument(
         "--interval", dest="interval_s", type=float, help="recompute every S seconds (default: only when asked)"
     )
-    serve.add_argument("--solver", help="solver for periodic runs (default trimcaching-gen)")
+    serve.add_argument("--solver", help="solver for periodic runs (default trimcaching-ls)")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help=f"port (default {DEFAULT_CONTROLLER_PORT})")
     add_tls_arguments(serve)
@@ -162,7 +172,9 @@ def _add_service_commands(commands: Any) -> None:
     rec = commands.add_parser("recompute", help="ask the controller to recompute the placement now")
     rec.add_argument("--controller", help=_CONTROLLER_HELP)
     rec.add_argument(
-        "--solver", help="trimcaching-gen (default), trimcaching-gen-density, trimcaching-spec, independent, optimal"
+        "--solver",
+        help="trimcaching-ls (default: greedy + local search), trimcaching-gen, trimcaching-gen-density, "
+        "trimcaching-spec, their -ls variants, independent, optimal",
     )
     rec.add_argument("--token", help="operator token (default $CACHENET_TOKEN, else DATA/token of the local cluster)")
     rec.add_argument("--json", action="store_true", help="print the run as JSON")

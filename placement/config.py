@@ -26,7 +26,7 @@ class ControllerSettings:
     host: str = "127.0.0.1"
     port: int = DEFAULT_CONTROLLER_PORT
     interval_s: float | None = None
-    solver: str = "trimcaching-gen"
+    solver: str = "trimcaching-ls"
 
     def __post_init__(self) -> None:
         if self.interval_s is not None and self.interval_s <= 0:

@@ -12,7 +12,6 @@ and in a spool file (`unsaved-runs.json`), and is sent again before the next run
 """
 
 import asyncio
-import dataclasses
 import json
 import logging
 import time
@@ -30,6 +29,7 @@ from cachenet.manifest import BlockRef, ModelManifest
 from cachenet.protocol.codec import decode_json, encode_json
 from cachenet.protocol.node import NodeDemand, NodeState, PlanRequest
 from cachenet.protocol.placement import PlacementRunList
+from placement.curves import capacity_curve
 from placement.problem import Placement, build_problem
 from placement.relay import relay_plan
 from placement.solve import solve
@@ -44,7 +44,7 @@ __all__ = (
 log = logging.getLogger(__name__)
 
 SIMULATION_FRACTIONS: Final = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
-SIMULATION_SOLVERS: Final = ("trimcaching-gen", "independent")
+SIMULATION_SOLVERS: Final = ("trimcaching-ls", "trimcaching-gen", "independent")
 MAX_UNSAVED_RUNS: Final = 100
 _ORIGIN_RUNS_TIMEOUT: Final = aiohttp.ClientTimeout(total=5, connect=2)
 _NETWORK_ERRORS: Final = (aiohttp.ClientError, TimeoutError, OSError, ValueError)
@@ -457,16 +457,11 @@ def _capacity_curves(
     if not inputs.models or total <= 0:
         return {"available": False, "reason": "no model is published yet"}
     problem = build_problem(topology, inputs.models, inputs.demand, latency_requirements=inputs.latency or None)
-    curves: dict[str, list[dict[str, float]]] = {}
-    for solver in solvers:
-        points = []
-        for fraction in fractions:
-            capacity = max(1, int(fraction * total))
-            scaled = dataclasses.replace(problem, capacities=(capacity,) * len(problem.servers))
-            points.append(
-                {"fraction": fraction, "capacity_bytes": capacity, "hit_ratio": solve(scaled, solver=solver).hit_ratio}
-            )
-        curves[solver] = points
+    per_server = [max(1, int(fraction * total)) for fraction in fractions]
+    curves = capacity_curve(problem, per_server, solvers)
+    for points in curves.values():
+        for point, fraction in zip(points, fractions, strict=True):
+            point["fraction"] = fraction
     capacities = [s.capacity_bytes for s in topology.servers]
     return {
         "available": True,

@@ -8,6 +8,7 @@ from typing import Any, Final
 
 from placement.errors import SolverRefused
 from placement.problem import Placement, PlacementProblem
+from placement.solvers.improved import trimcaching_gen_ls, trimcaching_ls, trimcaching_spec_ls
 from placement.solvers.independent import independent
 from placement.solvers.optimal import optimal
 from placement.solvers.trimcaching_gen import trimcaching_gen
@@ -24,6 +25,10 @@ SOLVERS: Final[dict[str, Solver]] = {
     "trimcaching-gen": trimcaching_gen,
     "trimcaching-gen-density": partial(trimcaching_gen, method="density"),
     "trimcaching-spec": trimcaching_spec,
+    "trimcaching-gen-ls": trimcaching_gen_ls,
+    "trimcaching-gen-density-ls": partial(trimcaching_gen_ls, method="density"),
+    "trimcaching-spec-ls": trimcaching_spec_ls,
+    "trimcaching-ls": trimcaching_ls,
 }
 
 

@@ -12,8 +12,9 @@ from cachenet.blockstore import BlockStore
 from cachenet.protocol.headers import STALE_REF_HEADER
 from cachenet.server.deviceapi import add_device_routes
 from cachenet.server.metrics import metrics_handler
-from cachenet.server.middlewares import error_middleware
+from cachenet.server.middlewares import client_limit_middleware, error_middleware
 from cachenet.server.openapi import ApiDoc
+from cachenet.server.readiness import ReadinessProbe
 from registry.catalogue import Catalogue
 from registry.config import OriginSettings
 from registry.keys import catalogue_key, settings_key, store_key
@@ -27,7 +28,10 @@ __all__ = ("create_app",)
 
 def create_app(settings: OriginSettings) -> web.Application:
     """The origin's aiohttp application."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024 * 1024)
+    app = web.Application(
+        middlewares=[client_limit_middleware(settings.max_requests_per_client), error_middleware],
+        client_max_size=64 * 1024 * 1024,
+    )
     app[settings_key] = settings
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = BlockStore(settings.data_dir / "store", fsync=settings.fsync)
@@ -43,6 +47,7 @@ def create_app(settings: OriginSettings) -> web.Application:
 
     doc = ApiDoc("cachenet origin")
     app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", ReadinessProbe(store).handle)
     app.router.add_get("/metrics", metrics_handler(registry))
     app.router.add_get("/openapi.json", doc.handle)
     add_operator_routes(app, doc)

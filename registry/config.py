@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Final
 
 from cachenet.errors import BadInput
+from cachenet.server.middlewares import DEFAULT_MAX_REQUESTS_PER_CLIENT
 from registry.chunking import DEFAULT_MAX_BLOCK_BYTES
 
 __all__ = ("DEFAULT_ORIGIN_PORT", "OriginSettings")
@@ -23,6 +24,7 @@ class OriginSettings:
     token: str | None = None
     max_block_size: int = DEFAULT_MAX_BLOCK_BYTES
     fsync: bool = True
+    max_requests_per_client: int = DEFAULT_MAX_REQUESTS_PER_CLIENT
     upstream_url: str | None = None
     upstream_token_env: str | None = None
     upstream_revalidate_s: float = 60.0

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Final
 
 from cachenet.blockid import BlockHasher
-from cachenet.blockstore import BlockStore, BlockWriter
+from cachenet.blockstore import BlockStore
+from cachenet.blockwriters import BlockWriter
 from cachenet.edge.config import EdgeSettings
 from cachenet.edge.metrics import EdgeMetrics
 from cachenet.edge.persistence import load_policy, save_policy

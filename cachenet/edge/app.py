@@ -21,9 +21,10 @@ from cachenet.edge.source import EdgeSource
 from cachenet.protocol.headers import REPAIR_HEADER
 from cachenet.server.deviceapi import add_device_routes
 from cachenet.server.metrics import metrics_handler
-from cachenet.server.middlewares import error_middleware
+from cachenet.server.middlewares import client_limit_middleware, error_middleware
 from cachenet.server.openapi import ApiDoc
 from cachenet.server.pacer import TokenBucket
+from cachenet.server.readiness import ReadinessProbe
 
 __all__ = ("create_app", "sharing_saved_bytes")
 log = logging.getLogger(__name__)
@@ -31,7 +32,10 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: EdgeSettings) -> web.Application:
     """The edge node's aiohttp application."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024 * 1024)
+    app = web.Application(
+        middlewares=[client_limit_middleware(settings.max_requests_per_client), error_middleware],
+        client_max_size=64 * 1024 * 1024,
+    )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     cache = EdgeCache(settings)
     manifests = ManifestCache(
@@ -50,6 +54,7 @@ def create_app(settings: EdgeSettings) -> web.Application:
     pacer = TokenBucket(settings.egress_rate) if settings.egress_rate else None
     doc = ApiDoc(f"cachenet edge node {settings.node_id}")
     app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", ReadinessProbe(cache.store).handle)
     app.router.add_get("/metrics", metrics_handler(cache.metrics.registry))
     app.router.add_get("/openapi.json", doc.handle)
     add_node_routes(app, doc)

@@ -8,6 +8,8 @@ from typing import Final
 
 from cachenet.errors import BadInput
 from cachenet.multicast.sockets import group_address, is_loopback, validate_group
+from cachenet.server.gate import DEFAULT_QUERY_CONCURRENCY, DEFAULT_QUERY_QUEUE
+from cachenet.server.middlewares import DEFAULT_MAX_REQUESTS_PER_CLIENT
 
 __all__ = (
     "DEFAULT_EDGE_PORT",
@@ -44,6 +46,9 @@ class EdgeSettings:
     verify_on_read_max_bytes: int = 1024 * 1024
     scrub_rate: float | None = 50e6
     fsync: bool = True
+    max_requests_per_client: int = DEFAULT_MAX_REQUESTS_PER_CLIENT
+    knowledge_concurrency: int = DEFAULT_QUERY_CONCURRENCY  # knowledge queries running at once
+    knowledge_queue: int = DEFAULT_QUERY_QUEUE  # and waiting; beyond, 503 + Retry-After
     # Multicast delivery (None: off). Groups are allotted counting up from `multicast_group`.
     multicast_group: str | None = "239.255.77.1"
     multicast_groups: int = 16
@@ -56,6 +61,7 @@ class EdgeSettings:
     multicast_nack_window_s: float = 0.3  # after each pass, how long members may report losses
     multicast_repair_passes: int = 3  # repair passes by multicast at most, before unicast repair
     multicast_piece_bytes: int | None = None  # default: 16 KiB on loopback, else 1400 (one Ethernet frame)
+    multicast_member_lease_s: float = 3.0  # a member silent this long no longer keeps a session sending
     multicast_test_drop: float = 0.0  # test hook: the share of datagrams the sender drops on purpose
 
     def __post_init__(self) -> None:
@@ -69,6 +75,8 @@ class EdgeSettings:
             raise BadInput(f"scrub rate must be positive, got {self.scrub_rate}")
         if self.egress_rate is not None and self.egress_rate <= 0:
             raise BadInput(f"egress rate must be positive, got {self.egress_rate}")
+        if self.knowledge_concurrency < 1 or self.knowledge_queue < 0:
+            raise BadInput("knowledge_concurrency must be at least 1 and knowledge_queue not negative")
         self._check_multicast()
         for url in (self.origin_url, *self.peers, *([self.controller_url] if self.controller_url else [])):
             if not url.startswith(("http://", "https://")):
@@ -99,6 +107,8 @@ class EdgeSettings:
             raise BadInput(f"multicast piece size must be 512-65000 bytes, got {self.multicast_piece_bytes}")
         if not 0 <= self.multicast_repair_passes <= 16:
             raise BadInput(f"multicast repair passes must be 0-16, got {self.multicast_repair_passes}")
+        if self.multicast_member_lease_s <= 0:
+            raise BadInput(f"multicast member lease must be positive, got {self.multicast_member_lease_s}")
         if not 0 <= self.multicast_test_drop < 1:
             raise BadInput(f"multicast test drop rate must be in [0, 1), got {self.multicast_test_drop}")
 

@@ -13,7 +13,7 @@ from typing import Final
 from cachenet.edge.admission import Admission
 from cachenet.edge.config import EdgeSettings
 from cachenet.edge.persistence import load_plan, save_plan
-from cachenet.errors import CachenetError, CapacityExceeded
+from cachenet.errors import BadInput, CachenetError
 from cachenet.manifest import BlockRef
 from cachenet.protocol.node import PlanProgress
 
@@ -69,7 +69,8 @@ class PlanRunner:
         blocks = {r.block_id: r for r in refs}
         total = sum(r.size for r in blocks.values())
         if total > self.settings.capacity_bytes:
-            raise CapacityExceeded(
+            # The plan is wrong for this node (a client error), not the node out of room: 422, not 507.
+            raise BadInput(
                 f"plan {plan_id} needs {total} bytes; node {self.settings.node_id} has {self.settings.capacity_bytes}",
                 node_id=self.settings.node_id,
             )

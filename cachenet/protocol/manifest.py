@@ -13,7 +13,7 @@ from cachenet.names import MAX_PATH_CHARS
 from cachenet.protocol.patterns import MODEL_NAME, schema_pattern
 from cachenet.protocol.types import Blake3, BlockId, Commit, PositiveInt
 
-__all__ = ("MANIFEST_FORMAT", "BaseEntry", "BlockEntry", "FileEntry", "FileKind", "ManifestMessage", "Sha256")
+__all__ = ("BaseEntry", "BlockEntry", "FileEntry", "FileKind", "MANIFEST_FORMAT", "ManifestMessage", "Sha256")
 
 MANIFEST_FORMAT: Final = "cachenet.manifest/1"
 FileKind = Literal["safetensors", "raw"]

@@ -7,15 +7,7 @@ import msgspec
 from cachenet.protocol.manifest import BlockEntry
 from cachenet.protocol.types import ShortText
 
-__all__ = (
-    "MAX_PLAN_BLOCKS",
-    "DemandRow",
-    "ModelHolding",
-    "NodeDemand",
-    "NodeState",
-    "PlanProgress",
-    "PlanRequest",
-)
+__all__ = ("DemandRow", "MAX_PLAN_BLOCKS", "ModelHolding", "NodeDemand", "NodeState", "PlanProgress", "PlanRequest")
 
 # A plan names at most this many blocks (a 64 MiB plan body holds about 600,000).
 MAX_PLAN_BLOCKS: Final = 1_000_000

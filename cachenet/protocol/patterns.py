@@ -10,6 +10,7 @@ from typing import Final
 __all__ = (
     "BLAKE3",
     "BLOCK_ID",
+    "CELL_ID",
     "COMMIT",
     "MODEL_NAME",
     "REVISION",
@@ -24,6 +25,7 @@ BLOCK_ID: Final = r"[0-9a-f]{32}"  # XXH3-128 of the block's bytes
 BLAKE3: Final = r"[0-9a-f]{64}"
 COMMIT: Final = r"[0-9a-f]{40}"  # a revision id
 SESSION_ID: Final = r"[0-9a-f]{16}"  # multicast sessions and members
+CELL_ID: Final = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}"  # a device's cell (demand statistics), a topology user id
 _NAME_PART: Final = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
 MODEL_NAME: Final = rf"{_NAME_PART}(?:/{_NAME_PART})?"
 REVISION: Final = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"

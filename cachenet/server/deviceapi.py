@@ -18,12 +18,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
+from urllib.parse import quote
 
 from aiohttp import web
 
 from cachenet.blockid import validate_block_id
 from cachenet.manifest import FileManifest, ModelManifest
-from cachenet.names import validate_file_path, validate_model_name, validate_revision
+from cachenet.names import parse_cell, validate_file_path, validate_model_name, validate_revision
 from cachenet.protocol.headers import (
     BLAKE3_HEADER,
     CELL_HEADER,
@@ -36,8 +37,9 @@ from cachenet.protocol.manifest import ManifestMessage
 from cachenet.protocol.models import ModelEntry, ModelList
 from cachenet.protocol.patterns import ROUTE_MODEL_NAME
 from cachenet.ranges import parse_range
+from cachenet.server.abortlog import AbortLog
 from cachenet.server.conditional import none_match_hits
-from cachenet.server.filesend import Pacer, send_file_range
+from cachenet.server.filesend import Pacer, send_file_range, write_or_cut
 from cachenet.server.httpbody import message_response
 from cachenet.server.hubapi import HubApi, git_oid, is_lfs_file
 from cachenet.server.openapi import ApiDoc
@@ -50,6 +52,7 @@ __all__ = (
     "StreamingBlock",
     "StreamingFile",
     "add_device_routes",
+    "content_disposition",
     "git_oid",
     "is_lfs_file",
 )
@@ -126,6 +129,12 @@ class ModelSource(Protocol):
     def note_request(self, manifest: ModelManifest, f: FileManifest, *, cell: str | None) -> None:
         """Count a device's request for a file of a model (demand statistics)."""
         ...
+
+
+def content_disposition(filename: str) -> str:
+    """`attachment` with an ASCII `filename` fallback and the exact name as RFC 6266 / 5987 `filename*`."""
+    fallback = "".join(c if 0x20 <= ord(c) < 0x7F and c not in '"\\%' else "_" for c in filename)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 SentHook = Callable[[web.Request, int], None]
@@ -215,6 +224,7 @@ class _DeviceApi:
     def __init__(self, source: ModelSource, on_sent: SentHook | None) -> None:
         self.source = source
         self.on_sent = on_sent
+        self.aborts = AbortLog()
 
     async def get_block(self, request: web.Request) -> web.StreamResponse:
         block_id = validate_block_id(request.match_info["block_id"])
@@ -249,7 +259,7 @@ class _DeviceApi:
     async def get_file(self, request: web.Request) -> web.StreamResponse:
         manifest, f = await self._file(request)
         if isinstance(f, FileManifest):
-            self.source.note_request(manifest, f, cell=request.headers.get(CELL_HEADER))
+            self.source.note_request(manifest, f, cell=parse_cell(request.headers.get(CELL_HEADER)))
         return await self._send_file(request, manifest, f)
 
     async def read_whole(self, manifest: ModelManifest, f: FileManifest) -> bytes:
@@ -266,7 +276,7 @@ class _DeviceApi:
     async def hf_resolve(self, request: web.Request) -> web.StreamResponse:
         manifest, f = await self._file(request)
         if isinstance(f, FileManifest):
-            self.source.note_request(manifest, f, cell=request.headers.get(CELL_HEADER))
+            self.source.note_request(manifest, f, cell=parse_cell(request.headers.get(CELL_HEADER)))
         return await self._send_file(request, manifest, f)
 
     # -- helpers ---------------------------------------------------------------------
@@ -290,7 +300,7 @@ class _DeviceApi:
             "ETag": etag,
             HF_COMMIT_HEADER: manifest.revision,
             "Content-Type": "application/octet-stream",
-            "Content-Disposition": f'attachment; filename="{f.path.rsplit("/", 1)[-1]}"',
+            "Content-Disposition": content_disposition(f.path.rsplit("/", 1)[-1]),
         }
         if isinstance(f, StreamingFile) or is_lfs_file(f):
             headers[HF_LINKED_ETAG_HEADER] = etag
@@ -342,8 +352,15 @@ class _DeviceApi:
                     async for chunk in handle.iter_range(lo, hi):
                         if pacer is not None:
                             await pacer(len(chunk))
-                        await resp.write(chunk)
+                        await write_or_cut(resp, chunk)
                 piece = await anext(pieces, None)
+        except (ConnectionError, TimeoutError) as e:
+            # The client went away or stopped reading: normal, so no traceback, and the
+            # (closed) response is returned as is.
+            if request.transport is not None:
+                request.transport.close()
+            self.aborts.note(e, request.path)
+            return resp
         except BaseException:
             # The status line is out: the only honest signal left is to cut the
             # connection, so the client sees a short body instead of waiting forever.

@@ -1,17 +1,29 @@
-"""Middlewares shared by every server: typed errors to JSON, and the operator token check."""
+"""Middlewares shared by every server: typed errors to JSON, a cap per client address, the operator token check."""
 
 import hmac
 import json
 import logging
+import math
+from typing import Final
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
 from cachenet.errors import CachenetError, Unauthorized
 from cachenet.protocol.headers import HF_ERROR_CODE_HEADER, HF_ERROR_MESSAGE_HEADER
 
-__all__ = ("error_middleware", "json_error", "require_token")
+__all__ = (
+    "DEFAULT_MAX_REQUESTS_PER_CLIENT",
+    "client_limit_middleware",
+    "error_middleware",
+    "json_error",
+    "require_token",
+)
 log = logging.getLogger(__name__)
+
+# Requests one client address may have in progress at once; beyond it, 503 with Retry-After.
+DEFAULT_MAX_REQUESTS_PER_CLIENT: Final = 256
+_BUSY_RETRY_AFTER_S: Final = 1
 
 
 def json_error(error: CachenetError) -> web.Response:
@@ -27,6 +39,9 @@ def json_error(error: CachenetError) -> web.Response:
         resp.headers["Content-Range"] = f"bytes */{size}"
     if error.status == 401:
         resp.headers["WWW-Authenticate"] = 'Bearer realm="cachenet"'
+    retry_after = error.attrs.get("retry_after_s")
+    if isinstance(retry_after, int | float):
+        resp.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     return resp
 
 
@@ -49,6 +64,37 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return web.json_response({"error": "InternalError", "message": "internal server error"}, status=500)
 
 
+def client_limit_middleware(max_per_client: int = DEFAULT_MAX_REQUESTS_PER_CLIENT) -> Middleware:
+    """Refuse (503, Retry-After) a request from an address that already has `max_per_client` in progress.
+
+    The table holds only addresses with a request in progress, so its size is bounded by
+    the open connections, and an entry goes away with the address's last request.
+    """
+    active: dict[str, int] = {}
+
+    @web.middleware
+    async def limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+        client = request.remote or ""
+        n = active.get(client, 0)
+        if n >= max_per_client:
+            return web.json_response(
+                {"error": "TooManyRequests", "message": f"{client} has {n} requests in progress; retry later"},
+                status=503,
+                headers={"Retry-After": str(_BUSY_RETRY_AFTER_S)},
+            )
+        active[client] = n + 1
+        try:
+            return await handler(request)
+        finally:
+            left = active[client] - 1
+            if left:
+                active[client] = left
+            else:
+                del active[client]
+
+    return limit
+
+
 def require_token(request: web.Request, token: str | None) -> None:
     """Raise `Unauthorized` unless the request carries `Authorization: Bearer <token>`.
 
@@ -57,8 +103,12 @@ def require_token(request: web.Request, token: str | None) -> None:
     """
     given = request.headers.get("Authorization", "")
     scheme, _, value = given.partition(" ")
+    # A header that is not ASCII cannot hold the token (and must not become a 500).
     ok = (
-        token is not None and scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
+        token is not None
+        and given.isascii()
+        and scheme.lower() == "bearer"
+        and hmac.compare_digest(value.strip().encode(), token.encode())
     )
     if not ok:
         raise Unauthorized("this operator endpoint needs 'Authorization: Bearer <token>' with the operator token")

@@ -6,14 +6,19 @@ import logging
 import signal
 import ssl
 import sys
+from typing import Final
 
 import uvloop
 from aiohttp import web
 
 from cachenet.errors import BadInput
 
-__all__ = ("run_app", "tls_context")
+__all__ = ("SHUTDOWN_GRACE_S", "run_app", "tls_context")
 log = logging.getLogger(__name__)
+
+# On SIGTERM: stop accepting, give in-flight responses this long, then cut them and exit
+# (with clean-up, well within the 10 s a supervisor waits; issue 14).
+SHUTDOWN_GRACE_S: Final = 4.0
 
 
 def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
@@ -43,7 +48,12 @@ async def _serve(app: web.Application, host: str, port: int, name: str, ssl_cont
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(app, handle_signals=False, access_log=logging.getLogger("aiohttp.access"))
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=logging.getLogger("aiohttp.access"),
+        shutdown_timeout=SHUTDOWN_GRACE_S,
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
     await site.start()

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cachenet.blockstore import PieceWriter
+from cachenet.blockwriters import PieceWriter
 from cachenet.manifest import BlockRef
 from cachenet.multicast.wire import END, MAX_DATAGRAM_BYTES, BadDatagram, decode
 

@@ -26,7 +26,8 @@ from typing import Any, Final
 
 import aiohttp
 
-from cachenet.blockstore import BlockStore, PieceWriter
+from cachenet.blockstore import BlockStore
+from cachenet.blockwriters import PieceWriter
 from cachenet.errors import BadInput, BlockCorrupt, CachenetError, UpstreamUnavailable
 from cachenet.httpclient import raise_for_status
 from cachenet.manifest import BlockRef, ModelManifest

@@ -303,7 +303,7 @@ function renderSimulation(sim) {
     parts.push(svg("line", { x1: cx, x2: cx, y1: y(0), y2: y(1), stroke: "#6b7380", "stroke-dasharray": "4 3" }));
     parts.push(svg("text", { x: cx + 4, y: y(1) + 10, class: "faint" }, "current"));
   }
-  const colours = { "trimcaching-gen": "var(--gen)", independent: "var(--ind)" };
+  const colours = { "trimcaching-ls": "#2a9d8f", "trimcaching-gen": "var(--gen)", independent: "var(--ind)" };
   const legend = [];
   Object.entries(sim.curves).forEach(([solver, points], i) => {
     const colour = colours[solver] || "#555";

@@ -26,6 +26,7 @@ from cachenet.knowledge.search import MAX_QUERY_BODY_BYTES, decode_query_body, m
 from cachenet.manifest import ModelManifest
 from cachenet.protocol.knowledge import AnswerInfo, CollectionInfo, CollectionList, CollectionSummary, QueryBody
 from cachenet.protocol.patterns import ROUTE_COLLECTION
+from cachenet.server.gate import WorkGate
 from cachenet.server.httpbody import message_response, read_body
 from cachenet.server.openapi import ApiDoc
 from registry.catalogue import Catalogue
@@ -53,6 +54,8 @@ class OriginKnowledge:
         self._shards: OrderedDict[str, Shard] = OrderedDict()
         self._shard_bytes = 0
         self._lock = threading.Lock()
+        # Queries are admitted by this gate and embed and search in its threads (issue 14).
+        self.gate = WorkGate("knowledge query")
 
     def collection(self, collection: str, revision: str = "main") -> tuple[ModelManifest, IndexInfo]:
         """The manifest and index of a collection revision; raises `ModelNotFound` (blocking)."""
@@ -171,15 +174,16 @@ async def describe_collection(request: web.Request) -> web.Response:
 async def query_collection(request: web.Request) -> web.Response:
     """POST /v1/knowledge/{collection}/query → the top-k chunks."""
     kn = request.app[knowledge_key]
-    query = decode_query_body(await read_body(request, limit=MAX_QUERY_BODY_BYTES))
-    manifest, index = await asyncio.to_thread(kn.collection, request.match_info["collection"], query.revision)
-    vector = query.embedding
-    if vector is None:
-        assert query.text is not None
-        vector = await asyncio.to_thread(embed_query, query.text, model=index.model)
-    probe = route_query(index, vector, query.nprobe)
-    shards = await asyncio.to_thread(kn.shards, index, probe)
-    hits = await asyncio.to_thread(search_shards, shards, vector, query.k)
+    async with kn.gate.slot():  # a bounded queue: 503 + Retry-After beyond it
+        query = decode_query_body(await read_body(request, limit=MAX_QUERY_BODY_BYTES))
+        manifest, index = await asyncio.to_thread(kn.collection, request.match_info["collection"], query.revision)
+        vector = query.embedding
+        if vector is None:
+            assert query.text is not None
+            vector = await kn.gate.run(embed_query, query.text, model=index.model)
+        probe = route_query(index, vector, query.nprobe)
+        shards = await kn.gate.run(kn.shards, index, probe)
+        hits = await kn.gate.run(search_shards, shards, vector, query.k)
     return message_response(make_answer(index, manifest.revision, probe, hits, served="origin", node="origin"))
 
 

@@ -169,8 +169,10 @@ def test_pods_are_probed_scraped_and_locked_down(role: str) -> None:
         "prometheus.io/port": str(port["containerPort"]),
         "prometheus.io/path": "/metrics",
     }
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/healthz", "port": port["name"]}, probe
+    # Readiness reflects the serving path (issue 14): /readyz reads a block, where the servers have one.
+    ready = "/readyz" if role in ("origin", "edge") else "/healthz"
+    assert container["readinessProbe"]["httpGet"] == {"path": ready, "port": port["name"]}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port["name"]}
     # Service links would inject CACHENET_<SERVICE>_PORT=tcp://... variables, read as settings.
     assert pod["spec"]["enableServiceLinks"] is False
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True

@@ -129,7 +129,7 @@ async def test_runs_are_stored_in_the_catalogue_and_listed_after_a_controller_re
 
         stored = origin_server.app[catalogue_key].placement_runs()
         assert len(stored) == 1
-        assert stored[0].solver == "trimcaching-gen" and stored[0].hit_ratio == run["hit_ratio"]
+        assert stored[0].solver == "trimcaching-ls" and stored[0].hit_ratio == run["hit_ratio"]
         diff = stored[0].summary["nodes"]["edge-1"]
         assert {"blocks_to_fetch", "blocks_to_release", "bytes_to_fetch"} <= set(diff)
         assert "to_fetch" not in diff

@@ -104,7 +104,7 @@ async def test_dashboard_shows_the_nodes_and_recomputes_from_the_page(
                 run = (await resp.json())["runs"][0]
         assert run["run_id"] == 1
         assert abs(page["hit_ratio"] - run["hit_ratio"]) < 6e-4
-        assert page["simulation_curves"] == ["independent", "trimcaching-gen"]
+        assert page["simulation_curves"] == ["independent", "trimcaching-gen", "trimcaching-ls"]
 
         await edges["edge-3"].close()
         banner = await asyncio.to_thread(browser.wait_for_banner, "edge-3", tmp_path / "node-down.png")
@@ -158,7 +158,7 @@ class _Browser:
         run_text, hit_ratio = self._text("#run-1"), float(self._text("#run-1 .hit-ratio"))
         wait.until(
             lambda drv: (
-                d.execute_script("return document.querySelectorAll('#sim-chart path[data-solver]').length;") == 2
+                d.execute_script("return document.querySelectorAll('#sim-chart path[data-solver]').length;") == 3
             )
         )
         wait.until(lambda drv: "complete" in self._text("#models"))

@@ -10,6 +10,7 @@ import pytest
 from cachenet.errors import BadInput, CapacityExceeded
 from placement.replacement import (
     POLICIES,
+    BundlePolicy,
     LFUPolicy,
     LRUPolicy,
     ReplacementPolicy,
@@ -234,6 +235,7 @@ def test_registry_names_and_classes() -> None:
         "lfu": LFUPolicy,
         "sharing-lru": SharingLRUPolicy,
         "sharing-lfu": SharingLFUPolicy,
+        "bundle": BundlePolicy,
     }
     assert isinstance(make_policy("sharing-lfu", capacity_bytes=1, half_life_s=5.0), SharingLFUPolicy)
 

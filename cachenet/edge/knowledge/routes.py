@@ -8,6 +8,7 @@ from cachenet.edge.keys import cache_key, demand_key, edge_knowledge_key, manife
 from cachenet.edge.knowledge.shards import EdgeKnowledge
 from cachenet.knowledge.formats import describe
 from cachenet.knowledge.search import MAX_QUERY_BODY_BYTES
+from cachenet.names import parse_cell
 from cachenet.protocol.headers import CELL_HEADER
 from cachenet.protocol.knowledge import AnswerInfo, CollectionInfo, QueryBody
 from cachenet.protocol.patterns import ROUTE_COLLECTION
@@ -57,8 +58,10 @@ async def _describe(request: web.Request) -> web.Response:
 
 
 async def _query(request: web.Request) -> web.Response:
-    body = await read_body(request, limit=MAX_QUERY_BODY_BYTES)
-    answer = await request.app[edge_knowledge_key].answer(
-        request.match_info["collection"], body, cell=request.headers.get(CELL_HEADER)
-    )
+    knowledge = request.app[edge_knowledge_key]
+    async with knowledge.gate.slot():  # a bounded queue: 503 + Retry-After beyond it
+        body = await read_body(request, limit=MAX_QUERY_BODY_BYTES)
+        answer = await knowledge.answer(
+            request.match_info["collection"], body, cell=parse_cell(request.headers.get(CELL_HEADER))
+        )
     return message_response(answer)

@@ -54,6 +54,7 @@ from cachenet.protocol.codec import decode_json
 from cachenet.protocol.knowledge import AnswerInfo
 from cachenet.server.deviceapi import LocalBlock
 from cachenet.server.flight import Flight
+from cachenet.server.gate import WorkGate
 
 __all__ = ("EdgeKnowledge", "FetchEstimator")
 log = logging.getLogger(__name__)
@@ -109,6 +110,11 @@ class EdgeKnowledge:
         self.demand = demand
         self.estimator = estimator or FetchEstimator()
         self.fetch_behind_forward = fetch_behind_forward
+        # Queries are admitted by this gate (routes) and embed and search in its threads.
+        settings = cache.settings
+        self.gate = WorkGate(
+            "knowledge query", concurrency=settings.knowledge_concurrency, queue=settings.knowledge_queue
+        )
         self._clock = clock
         self._indexes: dict[str, IndexInfo] = {}
         self._decoded: OrderedDict[str, Shard] = OrderedDict()
@@ -144,6 +150,7 @@ class EdgeKnowledge:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        self.gate.close()
 
     async def collection(self, collection: str, revision: str = "main") -> tuple[ModelManifest, IndexInfo]:
         """A collection's manifest (cached, tags revalidated) and index (a cached block)."""
@@ -193,7 +200,7 @@ class EdgeKnowledge:
                     self._fetch_behind(collection, manifest.name, list(missing.values()))
                 return await self._forward(collection, body, "deadline")
             shards.update(await self._fetch(collection, manifest.name, missing))
-        hits = await asyncio.to_thread(search_shards, shards, vector, query.k)
+        hits = await self.gate.run(search_shards, shards, vector, query.k)
         served = "fetched" if missing else "local"
         self.queries.labels(collection, served).inc()
         return make_answer(index, manifest.revision, probe, hits, served=served, node=self.cache.settings.node_id)
@@ -211,7 +218,7 @@ class EdgeKnowledge:
             return query.embedding
         assert query.text is not None
         try:
-            return await asyncio.to_thread(embed_query, query.text, model=index.model)
+            return await self.gate.run(embed_query, query.text, model=index.model)
         except NotFound as e:  # no embedding model on this node: the origin embeds
             log.warning("cannot embed queries here (%s); forwarding text queries", e)
             return None

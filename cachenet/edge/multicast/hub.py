@@ -19,7 +19,6 @@ import math
 import secrets
 import socket
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -29,14 +28,16 @@ from cachenet.edge.cache import EdgeCache
 from cachenet.edge.config import EdgeSettings
 from cachenet.edge.manifests import ManifestCache
 from cachenet.edge.metrics import EdgeMetrics
+from cachenet.edge.multicast.guard import JoinLimiter, merge_report, repeated_pieces
 from cachenet.edge.multicast.sender import Pacer, SessionSender
+from cachenet.edge.multicast.state import LIVE_STATES, Member, Session, unicast_answer
 from cachenet.errors import BadInput, NotFound
 from cachenet.manifest import BlockRef, ModelManifest
 from cachenet.multicast.plan import DeliveryPlan, GroupPlan, MemberDemand, plan_delivery
 from cachenet.multicast.sockets import group_address, open_sender
 from cachenet.server.pacer import TokenBucket
 
-__all__ = ("MulticastHub", "Session")
+__all__ = ("LIVE_STATES", "MulticastHub", "Session")
 log = logging.getLogger(__name__)
 
 # Finished sessions stay visible this long, for members polling their state.
@@ -49,73 +50,6 @@ MIN_RATE: Final = 10_000.0
 _RATE_STEP: Final = 2**0.5
 # A late joiner joins a session sending at least this share of the rate it could get alone.
 _LATE_JOIN_MIN_SHARE: Final = 0.5
-# States in which a session still sends (its group address is taken).
-LIVE_STATES: Final = ("waiting", "sending", "repairing")
-
-
-@dataclass(slots=True)
-class Member:
-    """A device in a batch or session."""
-
-    member_id: str  # secret: only the device knows it (it is what `leave` checks)
-    demand: MemberDemand  # under a public label, as plans show it
-    refs: dict[str, BlockRef]
-    model: str
-
-
-@dataclass(slots=True)
-class Session:
-    """One multicast group's transmission."""
-
-    session_id: bytes
-    slot: int
-    group: str
-    port: int
-    rate: float
-    piece_bytes: int
-    blocks: list[BlockRef]
-    model: str
-    plan: dict[str, Any]
-    members: dict[str, Member] = field(default_factory=dict)
-    state: str = "waiting"
-    sender: SessionSender | None = None
-    task: "asyncio.Task[None] | None" = None
-    created_at: float = field(default_factory=time.monotonic)
-    ended_at: float | None = None
-    joined: int = 0
-    repair_round: int = 0
-    nacks: Counter[tuple[int, int]] = field(default_factory=Counter)
-    nacked: set[str] = field(default_factory=set)
-
-    @property
-    def hex(self) -> str:
-        """The session id as hex."""
-        return self.session_id.hex()
-
-    @property
-    def cursor(self) -> int:
-        """Sequence number of the block being sent (len(blocks) once all were sent)."""
-        if self.state in ("done", "abandoned", "failed"):
-            return len(self.blocks)
-        return self.sender.cursor if self.sender is not None else 0
-
-    def to_json(self) -> dict[str, Any]:
-        """What members poll: the state and how far the sender got."""
-        return {
-            "session": self.hex,
-            "state": self.state,
-            "group": self.group,
-            "port": self.port,
-            "rate": self.rate,
-            "piece_bytes": self.piece_bytes,
-            "blocks": len(self.blocks),
-            "bytes": sum(b.size for b in self.blocks),
-            "cursor": self.cursor,
-            "sent_bytes": self.sender.sent_bytes if self.sender is not None else 0,
-            "members": len(self.members),
-            "joined": self.joined,
-            "repair_round": self.repair_round,
-        }
 
 
 @dataclass(slots=True)
@@ -146,6 +80,8 @@ class MulticastHub:
         self._expected_bytes = 0
         self._missed_bytes = 0
         self._labels = 0
+        self.joins = JoinLimiter()
+        self.lease_s = settings.multicast_member_lease_s
 
     # -- what devices see ----------------------------------------------------------------
 
@@ -175,10 +111,21 @@ class MulticastHub:
             raise NotFound(f"no multicast session {session_hex[:32]!r} on {self.settings.node_id}")
         return found
 
-    async def join(self, name: str, revision: str, block_ids: Sequence[str], rate: float | None) -> dict[str, Any]:
-        """Plan a device's blocks: which come by multicast (and from which session), which by unicast."""
+    def touch(self, session: Session, address: str) -> None:
+        """A poll of `session` from `address`: its members there are alive (the session keeps sending)."""
+        if address in session.addresses:
+            session.live_until = time.monotonic() + self.lease_s
+
+    async def join(
+        self, name: str, revision: str, block_ids: Sequence[str], rate: float | None, *, client: str = ""
+    ) -> dict[str, Any]:
+        """Plan a device's blocks: which come by multicast (and from which session), which by unicast.
+
+        Raises `TooManyRequests` when `client` (its address) joins more often than its share.
+        """
         if self._closing:
             raise NotFound("the node is shutting down")
+        self.joins.admit(client)
         if rate is not None and (not math.isfinite(rate) or rate < MIN_RATE):
             raise BadInput(f"rate must be at least {MIN_RATE:g} bytes/s, got {rate!r}")
         manifest = await self.manifests.get(name, revision)
@@ -194,7 +141,11 @@ class MulticastHub:
         self._labels += 1
         planned_rate = None if rate is None else _RATE_STEP ** math.floor(math.log(rate, _RATE_STEP))
         member = Member(
-            secrets.token_hex(8), MemberDemand(f"device-{self._labels}", tuple(refs), planned_rate), refs, manifest.name
+            secrets.token_hex(8),
+            MemberDemand(f"device-{self._labels}", tuple(refs), planned_rate),
+            refs,
+            manifest.name,
+            address=client,
         )
         running = self._running_session_for(member)
         if running is not None:
@@ -309,14 +260,13 @@ class MulticastHub:
             for label in g.members:
                 m = by_label[label]
                 if session is None:
-                    answers[m.member_id] = _unicast_answer(m, plan_json)
+                    answers[m.member_id] = unicast_answer(m, plan_json)
                     continue
-                session.members[m.member_id] = m
-                session.joined += 1
+                session.add_member(m, until=time.monotonic() + self.lease_s)
                 self.metrics.multicast_members.labels("batched").inc()
                 answers[m.member_id] = self._answer(session, m, late=False)
         for m in members:
-            answers.setdefault(m.member_id, _unicast_answer(m, plan_json))
+            answers.setdefault(m.member_id, unicast_answer(m, plan_json))
         self._count_members()
         return answers
 
@@ -382,8 +332,7 @@ class MulticastHub:
         return best
 
     def _join_late(self, session: Session, member: Member) -> dict[str, Any]:
-        session.members[member.member_id] = member
-        session.joined += 1
+        session.add_member(member, until=time.monotonic() + self.lease_s)
         self.metrics.multicast_members.labels("late").inc()
         self._count_members()
         log.info(
@@ -417,7 +366,8 @@ class MulticastHub:
                 cache=self.cache,
                 metrics=self.metrics,
                 drop_rate=s.multicast_test_drop,
-                still_wanted=lambda: bool(session.members),
+                # Members must be live: joined devices that went silent (or never listened) stop it.
+                still_wanted=lambda: bool(session.members) and time.monotonic() < session.live_until,
             )
             await asyncio.sleep(s.multicast_lead_s)  # members join the group meanwhile
             session.state = "sending"
@@ -451,18 +401,17 @@ class MulticastHub:
         if not await sender.run():
             return False
         for repair_round in range(1, self.settings.multicast_repair_passes + 1):
-            if not session.members:
-                break  # everybody has what they wanted and left
-            session.nacks.clear()
+            if not session.members or time.monotonic() >= session.live_until:
+                break  # everybody has what they wanted and left, or went silent
+            session.nack_reports.clear()
             session.nacked.clear()
             session.repair_round = repair_round
             session.state = "repairing"  # before END: members answer it with their NACK at once
             await sender.end(repair_round=repair_round, final=False)
             await asyncio.sleep(self.settings.multicast_nack_window_s)  # members report what they lack
-            wanted: dict[int, list[int]] = {}
-            for (seq, piece), n in session.nacks.items():
-                if n >= 2:  # lacked by one member only: its own unicast repair costs the same
-                    wanted.setdefault(seq, []).append(piece)
+            # Lacked by one member only: its own unicast repair costs the same. Off the loop:
+            # the answer is as long as the pieces lacked.
+            wanted = await asyncio.to_thread(repeated_pieces, list(session.nack_reports), at_least=2)
             if not wanted:
                 break
             log.info(
@@ -477,30 +426,19 @@ class MulticastHub:
         await sender.end(repair_round=session.repair_round + 1, final=True)
         return True
 
-    def nack(
-        self, session_hex: str, member_id: str, missing: Sequence[Sequence[int]], repair_round: int
-    ) -> dict[str, Any]:
+    def nack(self, session_hex: str, member_id: str, missing: Sequence[object], repair_round: int) -> dict[str, Any]:
         """A member's report of the pieces it lacks when `repair_round` starts: [[block seq, first, end piece], ...]."""
         session = self.session(session_hex)
         if member_id not in session.members:
             raise NotFound(f"{member_id[:32]!r} is not a member of session {session_hex}")
-        counted: set[tuple[int, int]] = set()
-        for entry in missing:
-            if len(entry) != 3 or not all(type(x) is int for x in entry):
-                raise BadInput("each missing entry is [block seq, first piece, end piece]")
-            seq, lo, hi = entry
-            if not 0 <= seq < len(session.blocks):
-                raise BadInput(f"block seq {seq} is not in this session")
-            pieces = -(-session.blocks[seq].size // session.piece_bytes)
-            if not 0 <= lo < hi <= pieces:
-                raise BadInput(f"pieces [{lo}, {hi}) are outside block {seq}'s {pieces} pieces")
-            counted.update((seq, i) for i in range(lo, hi))
+        report = merge_report(missing, [-(-b.size // session.piece_bytes) for b in session.blocks])
+        session.live_until = time.monotonic() + self.lease_s
         accepted = (
             session.state == "repairing" and repair_round == session.repair_round and member_id not in session.nacked
         )
         if accepted:
             session.nacked.add(member_id)
-            session.nacks.update(counted)
+            session.nack_reports.append(report)
             self.metrics.multicast_nacks.inc()
         return {**session.to_json(), "accepted": accepted}
 
@@ -518,16 +456,3 @@ class MulticastHub:
         for key, s in list(self.sessions.items()):
             if s.ended_at is not None and now - s.ended_at > _KEEP_FINISHED_S:
                 del self.sessions[key]
-
-
-def _unicast_answer(m: Member, plan: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "member": m.member_id,
-        "session": None,
-        "multicast": [],
-        "multicast_seq": [],
-        "repair": [],
-        "unicast": list(m.refs),
-        "late": False,
-        "plan": plan,
-    }

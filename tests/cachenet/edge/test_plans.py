@@ -3,12 +3,14 @@
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from cachenet.blockid import digest_of
 from cachenet.edge.admission import Admission
 from cachenet.edge.config import EdgeSettings
 from cachenet.edge.metrics import EdgeMetrics
 from cachenet.edge.plans import PlanRunner
-from cachenet.errors import BlockNotFound
+from cachenet.errors import BadInput, BlockNotFound
 from cachenet.manifest import BlockRef
 
 BLOCKS = {digest_of(bytes([i]) * 64): bytes([i]) * 64 for i in range(6)}
@@ -64,3 +66,15 @@ async def test_failed_blocks_are_reported_and_a_restart_restores_the_pins(tmp_pa
     again.resume()  # the block that failed is fetched now
     await _settled(again)
     assert again.plan.state == "applied" and admission.store.has(refs[0].block_id)
+
+
+async def test_a_plan_larger_than_the_node_is_refused_as_bad_input_and_changes_nothing(tmp_path: Path) -> None:
+    runner, admission = _runner(tmp_path)
+    refs = [BlockRef(g.block_id, g.blake3, g.size) for g in BLOCKS]
+    await runner.apply("p1", refs[:2])
+    await _settled(runner)
+    too_big = [*refs[2:], BlockRef("f" * 32, "0" * 64, 20_000)]
+    with pytest.raises(BadInput, match="needs"):  # a wrong plan is the sender's error (422), not a full disk (507)
+        await runner.apply("p2", too_big)
+    assert runner.plan.plan_id == "p1" and admission.policy.pinned == {r.block_id for r in refs[:2]}
+    await runner.close()
