@@ -3,8 +3,10 @@
 CachenetError
 ├── NotFound (LookupError)                 404
 │   ├── BlockNotFound
-│   ├── ModelNotFound
-│   └── FileNotInModel
+│   ├── ModelNotFound                      Hugging Face clients see X-Error-Code: RepoNotFound
+│   │   ├── RepoNotFound                   no model of that name
+│   │   └── RevisionNotFound               the model exists, the tag or commit does not
+│   └── FileNotInModel                     X-Error-Code: EntryNotFound
 ├── IntegrityError (ValueError)            409
 │   ├── BlockCorrupt                       bytes do not match their id or BLAKE3
 │   └── HashCollision                      same XXH3 id, different BLAKE3
@@ -42,6 +44,8 @@ __all__ = (
     "NotFound",
     "Overloaded",
     "RangeNotSatisfiable",
+    "RepoNotFound",
+    "RevisionNotFound",
     "SafetensorsInvalid",
     "TooManyRequests",
     "Unauthorized",
@@ -55,6 +59,8 @@ class CachenetError(Exception):
     """Root of every error cachenet raises on purpose."""
 
     status: ClassVar[int] = 500
+    # The `X-Error-Code` a Hugging Face client reads to pick its exception class.
+    hf_code: ClassVar[str | None] = None
 
     def __init__(self, message: str, **attrs: Any) -> None:
         super().__init__(message)
@@ -81,9 +87,23 @@ class BlockNotFound(NotFound):
 class ModelNotFound(NotFound):
     """A model name, revision or tag is not in the catalogue."""
 
+    hf_code = "RepoNotFound"
+
+
+class RepoNotFound(ModelNotFound):
+    """No model of that name."""
+
+
+class RevisionNotFound(ModelNotFound):
+    """The model exists but not the tag or commit asked for."""
+
+    hf_code = "RevisionNotFound"
+
 
 class FileNotInModel(NotFound):
     """A file path is not part of a model revision."""
+
+    hf_code = "EntryNotFound"
 
 
 class IntegrityError(CachenetError, ValueError):
@@ -177,6 +197,8 @@ _BY_NAME: dict[str, type[CachenetError]] = {
         NotFound,
         BlockNotFound,
         ModelNotFound,
+        RepoNotFound,
+        RevisionNotFound,
         FileNotInModel,
         IntegrityError,
         BlockCorrupt,

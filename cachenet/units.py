@@ -5,7 +5,7 @@ from typing import Final
 
 from cachenet.errors import BadInput
 
-__all__ = ("format_bytes", "parse_rate", "parse_size")
+__all__ = ("count", "format_bytes", "parse_rate", "parse_size")
 
 _UNITS: Final[dict[str, int]] = {
     "": 1,
@@ -60,3 +60,8 @@ def format_bytes(n: float) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} TiB"
+
+
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """`n noun` with the noun in the plural unless n is 1 ("1 block", "3 blocks")."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Final
 
 from cachenet.cli import command_group
+from cachenet.localcluster import cluster_url
 from cachenet.units import parse_rate
 from clients.config import DEFAULT_SOURCE, PullSettings
 
@@ -126,7 +127,11 @@ def _pull(args: argparse.Namespace) -> int:
     from clients.multicast.session import MulticastOptions
     from clients.puller import pull
 
-    sources = args.sources or [u for u in os.environ.get(SOURCES_ENV, "").split(",") if u.strip()] or [DEFAULT_SOURCE]
+    sources = (
+        args.sources
+        or [u for u in os.environ.get(SOURCES_ENV, "").split(",") if u.strip()]
+        or [cluster_url("origin") or DEFAULT_SOURCE]
+    )
     settings = PullSettings(
         concurrency=args.concurrency,
         per_source_connections=args.per_source,
@@ -166,7 +171,7 @@ def _rag_query(args: argparse.Namespace) -> int:
     from cachenet.protocol.knowledge import AnswerInfo
     from clients.knowledge.client import KnowledgeClient
 
-    source = args.source or os.environ.get("CACHENET_RAG_SOURCE") or DEFAULT_SOURCE
+    source = args.source or os.environ.get("CACHENET_RAG_SOURCE") or cluster_url("origin") or DEFAULT_SOURCE
 
     async def run() -> AnswerInfo:
         async with KnowledgeClient(source) as client:

@@ -25,7 +25,7 @@ from cachenet.blockstore import BlockStore
 from cachenet.errors import BadInput
 from cachenet.manifest import BaseRef, BlockRef, FileManifest, ModelManifest
 from cachenet.names import parse_model_ref
-from cachenet.units import format_bytes
+from cachenet.units import count, format_bytes
 from clients.assemble import assemble_file
 from clients.config import DEFAULT_SETTINGS, PullSettings
 from clients.fetch import BlockFetcher, BlockSink
@@ -137,9 +137,9 @@ class PullReport:
             extra.append(f"no multicast: {mc.fallback}")
         target = f" into {self.out_dir}" if self.out_dir is not None else ""
         return (
-            f"pulled {self.name}@{self.revision[:12]}{target}: {len(self.files)} files, "
+            f"pulled {self.name}@{self.revision[:12]}{target}: {count(len(self.files), 'file')}, "
             f"{format_bytes(self.total_bytes)}; fetched {format_bytes(self.fetched_bytes)} "
-            f"({self.fetched_blocks} blocks, {format_bytes(rate)}/s), "
+            f"({count(self.fetched_blocks, 'block')}, {format_bytes(rate)}/s), "
             f"reused {format_bytes(self.reused_bytes)} "
             f"from the local store; {self.elapsed_s:.2f} s; sources: {where}"
             + (f"; {', '.join(extra)}" if extra else "")

@@ -3,13 +3,18 @@
 import argparse
 import asyncio
 import json
+import os
 import secrets
 import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cachenet.units import format_bytes
+
+if TYPE_CHECKING:
+    from cluster.launcher import Cluster
 
 __all__ = ("register",)
 
@@ -48,7 +53,9 @@ def default_topology() -> Path:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from cluster.launcher import Cluster
+    from cachenet.errors import BadInput
+    from cachenet.localcluster import write_cluster
+    from cluster.launcher import Cluster, taken_ports
     from placement.topology import load_topology
 
     data: Path = args.data.resolve()
@@ -61,6 +68,16 @@ def _up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     topology_path = args.topology or default_topology()
     topology = load_topology(topology_path)
+    roles = ["origin", "controller", *(server.id for server in topology.servers)]
+    ports = range(args.base_port, args.base_port + len(roles))
+    taken = taken_ports("127.0.0.1", ports)
+    if taken:
+        names = ", ".join(f"{p} ({roles[p - args.base_port]})" for p in taken)
+        are = "port {} is" if len(taken) == 1 else "ports {} are"
+        raise BadInput(
+            f"{are.format(names)} already in use on 127.0.0.1 (is another `cachenet up` running?); "
+            f"stop it, or pick free ports with --base-port (this cluster needs {len(roles)} from the base port)"
+        )
     with Cluster(data) as cluster:
         origin_url = f"http://127.0.0.1:{args.base_port}"
         controller_url = f"http://127.0.0.1:{args.base_port + 1}"
@@ -119,30 +136,49 @@ def _up(args: argparse.Namespace) -> int:
         )
         print(f"controller  {controller_url}", flush=True)
         print(f"operator token in {token_file}", flush=True)
-        if args.demo:
-            from cluster.demo import run_demo
-
-            summary = asyncio.run(
-                run_demo(
-                    origin_url=origin_url,
-                    controller_url=controller_url,
-                    edge_url=next(iter(edges.values())),
-                    token=token,
-                    work_dir=data / "demo",
-                )
-            )
-            if args.json:
-                print(json.dumps(summary, indent=2))
-            else:
-                for line in summary["lines"]:
-                    print(line)
-        if args.exit_after_demo:
-            return 0
-        print("cluster running; press Ctrl-C to stop", flush=True)
+        cluster_file = write_cluster(
+            data,
+            {"origin": origin_url, "controller": controller_url, "edges": edges, "pid": os.getpid()},
+        )
+        print(f"client commands find this cluster in {cluster_file} (run them here, or set CACHENET_CLUSTER={data})")
         try:
-            while not stop.wait(0.5):
+            if args.demo:
+                from cluster.demo import run_demo
+
+                summary = asyncio.run(
+                    run_demo(
+                        origin_url=origin_url,
+                        controller_url=controller_url,
+                        edge_url=next(iter(edges.values())),
+                        token=token,
+                        work_dir=data / "demo",
+                    )
+                )
+                if args.json:
+                    print(json.dumps(summary, indent=2))
+                else:
+                    for line in summary["lines"]:
+                        print(line)
+            if args.exit_after_demo:
+                return 0
+            _check_alive(cluster)
+            print("cluster running; press Ctrl-C to stop", flush=True)
+            try:
+                while not stop.wait(0.5):
+                    _check_alive(cluster)
+            except KeyboardInterrupt:
                 pass
-        except KeyboardInterrupt:
-            pass
-        print("stopping the cluster", file=sys.stderr)
+            print("stopping the cluster", file=sys.stderr)
+        finally:
+            cluster_file.unlink(missing_ok=True)
     return 0
+
+
+def _check_alive(cluster: "Cluster") -> None:
+    """Raise (one line: which server, why, its log) as soon as a server of the cluster has exited."""
+    from cachenet.errors import UpstreamUnavailable
+    from cluster.launcher import exit_line
+
+    dead = cluster.dead()
+    if dead:
+        raise UpstreamUnavailable(exit_line(dead[0]) + "; stopping the cluster")

@@ -3,6 +3,7 @@
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from typing import Final, Self
 
 from cachenet.errors import UpstreamUnavailable
 
-__all__ = ("Cluster", "ServerProcess")
+__all__ = ("Cluster", "ServerProcess", "exit_line", "taken_ports")
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S: Final = 60.0
@@ -58,6 +59,10 @@ class Cluster:
         self._wait_healthy(server)
         return server
 
+    def dead(self) -> list[ServerProcess]:
+        """The servers whose process has exited."""
+        return [s for s in self.servers if s.process is None or s.process.poll() is not None]
+
     def stop(self) -> None:
         """Stop every server: SIGTERM, wait, then SIGKILL whatever is left."""
         running = [s for s in self.servers if s.process is not None and s.process.poll() is None]
@@ -88,13 +93,37 @@ class Cluster:
         assert server.process is not None
         while time.monotonic() < deadline:
             if server.process.poll() is not None:
-                tail = server.log_path.read_text(errors="replace")[-2000:]
-                raise UpstreamUnavailable(f"{server.name} exited with {server.process.returncode}:\n{tail}")
+                raise UpstreamUnavailable(exit_line(server))
             try:
                 with urllib.request.urlopen(server.url + "/healthz", timeout=1) as resp:
-                    if resp.status == 200:
+                    # Healthy only if our child still runs (another process may hold the port).
+                    if resp.status == 200 and server.process.poll() is None:
                         return
             except (urllib.error.URLError, OSError):
                 pass
             time.sleep(0.1)
         raise UpstreamUnavailable(f"{server.name} did not become healthy within {START_TIMEOUT_S:.0f} s")
+
+
+def exit_line(server: ServerProcess) -> str:
+    """One line saying that a server exited, why (the last line of its log) and where its log is."""
+    code = server.process.returncode if server.process is not None else None
+    try:
+        lines = [ln.strip() for ln in server.log_path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        lines = []
+    last = lines[-1] if lines else "no output"
+    return f"{server.name} exited with status {code} ({last[-300:]}); its log is {server.log_path}"
+
+
+def taken_ports(host: str, ports: Sequence[int]) -> list[int]:
+    """The ports in `ports` that something already listens on (or that cannot be bound)."""
+    taken = []
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers: TIME_WAIT is free
+            try:
+                sock.bind((host, port))
+            except OSError:
+                taken.append(port)
+    return taken

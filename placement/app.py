@@ -17,6 +17,7 @@ from cachenet.server.openapi import ApiDoc
 from placement.config import ControllerSettings
 from placement.controller import Controller
 from placement.dashboard import Dashboard, add_dashboard_routes, describe_topology
+from placement.metrics import controller_registry
 from placement.solve import SOLVERS
 from placement.topology import load_topology
 
@@ -49,10 +50,8 @@ def create_app(settings: ControllerSettings) -> web.Application:
     app[controller_key] = controller
     doc = ApiDoc("cachenet placement controller")
     r = app.router
-    from prometheus_client import CollectorRegistry
-
     r.add_get("/healthz", _healthz)
-    r.add_get("/metrics", metrics_handler(CollectorRegistry()))
+    r.add_get("/metrics", metrics_handler(controller_registry(controller)))
     r.add_get("/openapi.json", doc.handle)
     doc.route(
         r,

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cachenet.server.options import add_tls_arguments
+from cachenet.units import count
 from placement.config import DEFAULT_CONTROLLER_PORT
 from placement.errors import ScenarioInvalid
 
@@ -28,7 +29,10 @@ SOLVER_NAMES = (
 __all__ = ("SOLVER_NAMES", "add_placement_commands", "register")
 
 _FLAGS = {"epsilon": "--epsilon", "time_limit_s": "--time-limit"}
-_DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_CONTROLLER_PORT}"
+_CONTROLLER_HELP = (
+    "controller URL (default: the local cluster's, from $CACHENET_CONTROLLER or DATA/cluster.json "
+    f"that `cachenet up` writes, else http://127.0.0.1:{DEFAULT_CONTROLLER_PORT})"
+)
 
 
 def register(subparsers: Any) -> None:
@@ -130,7 +134,7 @@ def _solve(args: argparse.Namespace) -> int:
     for n, server in enumerate(problem.servers):
         used = out["storage_used"][server]
         lines.append(
-            f"  {server}: {len(placement.models[server])} models, {used} of "
+            f"  {server}: {count(len(placement.models[server]), 'model')}, {used} of "
             f"{problem.capacities[n]} bytes: {', '.join(placement.models[server]) or '-'}"
         )
     sys.stdout.write("\n".join(lines) + "\n")
@@ -180,17 +184,17 @@ def _add_controller_command(sub: Any) -> None:
 def _add_service_commands(commands: Any) -> None:
     """`placement recompute` and `placement show` (they call a running controller)."""
     rec = commands.add_parser("recompute", help="ask the controller to recompute the placement now")
-    rec.add_argument("--controller", default=_DEFAULT_URL, help=f"controller URL (default {_DEFAULT_URL})")
+    rec.add_argument("--controller", help=_CONTROLLER_HELP)
     rec.add_argument(
         "--solver",
         help="trimcaching-ls (default: greedy + local search), trimcaching-gen, trimcaching-gen-density, "
         "trimcaching-spec, their -ls variants, independent, optimal",
     )
-    rec.add_argument("--token", help="operator token (default $CACHENET_TOKEN)")
+    rec.add_argument("--token", help="operator token (default $CACHENET_TOKEN, else DATA/token of the local cluster)")
     rec.add_argument("--json", action="store_true", help="print the run as JSON")
     rec.set_defaults(func=_recompute)
     show = commands.add_parser("show", help="show the current placement and recent runs")
-    show.add_argument("--controller", default=_DEFAULT_URL, help=f"controller URL (default {_DEFAULT_URL})")
+    show.add_argument("--controller", help=_CONTROLLER_HELP)
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(func=_show)
 
@@ -229,7 +233,7 @@ def _recompute(args: argparse.Namespace) -> int:
     from cachenet.httpclient import DEFAULT_TIMEOUT, auth_headers, raise_for_status
 
     async def run() -> dict[str, Any]:
-        token = args.token or os.environ.get("CACHENET_TOKEN")
+        token = args.token
         async with aiohttp.ClientSession(timeout=DEFAULT_TIMEOUT, headers=auth_headers(token)) as s:
             body = {"solver": args.solver} if args.solver else {}
             async with s.post(f"{args.controller.rstrip('/')}/v1/placement/recompute", json=body) as resp:
@@ -271,7 +275,7 @@ def _show(args: argparse.Namespace) -> int:
         print("no placement computed yet: run `cachenet placement recompute`")
         return 0
     for server, models in doc["placement"]["models"].items():
-        print(f"{server:12} {len(models)} models: {', '.join(models) or '-'}")
+        print(f"{server:12} {count(len(models), 'model')}: {', '.join(models) or '-'}")
     for r in doc["runs"]:
         _print_run(r)
     return 0
@@ -287,7 +291,7 @@ def _print_run(r: dict[str, Any]) -> None:
     for server, n in sorted(r["nodes"].items()):
         state = "pushed" if n.get("pushed") else f"NOT pushed ({n.get('error', '')})"
         print(
-            f"  {server:12} {n['blocks']} blocks, {format_bytes(n['bytes'])}, "
+            f"  {server:12} {count(n['blocks'], 'block')}, {format_bytes(n['bytes'])}, "
             f"fetch {format_bytes(n.get('bytes_to_fetch', 0))}: {state}"
         )
 

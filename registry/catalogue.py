@@ -18,7 +18,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from cachenet.errors import HashCollision, MissingBlocks, ModelNotFound
+from cachenet.errors import HashCollision, MissingBlocks, ModelNotFound, RepoNotFound, RevisionNotFound
 from cachenet.manifest import ModelManifest
 from cachenet.names import COMMIT_RE, validate_model_name, validate_revision
 from registry.db import (
@@ -284,7 +284,7 @@ class Catalogue:
         with Session(self.engine) as s:
             model_id = s.scalar(select(ModelRow.id).where(ModelRow.name == name))
             if model_id is None:
-                raise ModelNotFound(f"model {name!r} is not in the catalogue", model=name)
+                raise RepoNotFound(f"model {name!r} is not in the catalogue", model=name)
             if COMMIT_RE.match(revision):
                 commit = s.scalar(
                     select(RevisionRow.commit).where(RevisionRow.commit == revision, RevisionRow.model_id == model_id)
@@ -292,7 +292,7 @@ class Catalogue:
             else:
                 commit = s.scalar(select(TagRow.commit).where(TagRow.model_id == model_id, TagRow.tag == revision))
             if commit is None:
-                raise ModelNotFound(f"model {name!r} has no revision {revision!r}", model=name)
+                raise RevisionNotFound(f"model {name!r} has no revision {revision!r}", model=name)
             return commit
 
     def manifest(self, name: str, revision: str = DEFAULT_TAG) -> ModelManifest:
@@ -309,7 +309,7 @@ class Catalogue:
         with Session(self.engine) as s:
             data = s.scalar(select(RevisionRow.manifest).where(RevisionRow.commit == commit))
         if data is None:
-            raise ModelNotFound(f"no revision {commit!r}", revision=commit)
+            raise RevisionNotFound(f"no revision {commit!r}", revision=commit)
         manifest = ModelManifest.from_bytes(bytes(data))
         with self._lock:
             if len(self._manifests) >= _MANIFEST_CACHE_ENTRIES:
@@ -348,7 +348,7 @@ class Catalogue:
         for m in self.list_models():
             if m.name == name:
                 return m
-        raise ModelNotFound(f"model {name!r} is not in the catalogue", model=name)
+        raise RepoNotFound(f"model {name!r} is not in the catalogue", model=name)
 
     def shared_bytes(self, commit: str) -> dict[str, int]:
         """Other model name → bytes of this revision's blocks that model's revisions also use."""

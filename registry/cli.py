@@ -15,10 +15,16 @@ from cachenet.config import load_settings
 from cachenet.errors import BadInput
 from cachenet.names import parse_model_ref, validate_model_name
 from cachenet.server.options import add_tls_arguments
-from cachenet.units import format_bytes, parse_size
+from cachenet.units import count, format_bytes, parse_size
 from registry.config import DEFAULT_ORIGIN_PORT, OriginSettings
 
 __all__ = ("register",)
+
+_ORIGIN_HELP = (
+    "origin URL (default: the local cluster's, from $CACHENET_ORIGIN or DATA/cluster.json "
+    f"that `cachenet up` writes, else http://127.0.0.1:{DEFAULT_ORIGIN_PORT})"
+)
+_TOKEN_HELP = "operator token for --origin (default: $CACHENET_TOKEN, else DATA/token of the local cluster)"
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -63,8 +69,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     pub.add_argument("--name", required=True, help="model name, e.g. org/model")
     pub.add_argument("--base", help="base model NAME[@REV] of a LoRA adapter (default: from adapter_config.json)")
     pub.add_argument("--tag", default="main", help="tag to move to the new revision (default main)")
-    pub.add_argument("--origin", help="URL of a running origin (uses its operator API)")
-    pub.add_argument("--token", help="operator token for --origin (default: $CACHENET_TOKEN)")
+    pub.add_argument("--origin", help="URL of a running origin (default: the local cluster's, when one runs)")
+    pub.add_argument("--token", help=_TOKEN_HELP)
     pub.add_argument("--data", type=Path, help="publish straight into an origin data folder instead")
     pub.add_argument("--db", help="catalogue URL with --data (default: SQLite in the folder)")
     pub.add_argument("--max-block-size", type=parse_size, default=None, help="largest block (default 64MiB)")
@@ -78,7 +84,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
         p = models_sub.add_parser(action, help=helptext)
         if action == "show":
             p.add_argument("name", help="model NAME[@REV]")
-        p.add_argument("--origin", help="origin URL (default http://127.0.0.1:8700)")
+        p.add_argument("--origin", help=_ORIGIN_HELP)
         p.add_argument("--data", type=Path, help="read an origin data folder directly instead")
         p.add_argument("--json", action="store_true", help="print JSON")
         p.set_defaults(func=_models_list if action == "list" else _models_show)
@@ -99,8 +105,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
         metavar="PATH",
         help="files (.txt, .md, .jsonl) or folders of them",
     )
-    ingest.add_argument("--origin", help="URL of a running origin (uses its operator API)")
-    ingest.add_argument("--token", help="operator token for --origin (default: $CACHENET_TOKEN)")
+    ingest.add_argument("--origin", help="URL of a running origin (default: the local cluster's, when one runs)")
+    ingest.add_argument("--token", help=_TOKEN_HELP)
     ingest.add_argument("--data", type=Path, help="write straight into an origin data folder instead")
     ingest.add_argument("--db", help="catalogue URL with --data (default: SQLite in the folder)")
     ingest.add_argument("--chunk-size", type=int, default=None, help="words per chunk (default 120)")
@@ -123,6 +129,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
 def _origin_serve(args: argparse.Namespace) -> int:
     from cachenet.server.serve import run_app, tls_context
     from registry.app import create_app
+    from registry.servinglock import serving
 
     keys = (
         "data_dir",
@@ -141,9 +148,12 @@ def _origin_serve(args: argparse.Namespace) -> int:
     overrides["allow"] = tuple(args.allow) if args.allow else None
     overrides["deny"] = tuple(args.deny) if args.deny else None
     settings = load_settings(OriginSettings, args.config, os.environ, overrides)
-    return run_app(
-        create_app(settings), host=settings.host, port=settings.port, name="origin", ssl_context=tls_context(args)
-    )
+    ssl_context = tls_context(args)
+    url = f"{'https' if ssl_context else 'http'}://{settings.host}:{settings.port}"
+    with serving(settings.data_dir, url):  # `publish --data` into this folder is refused while it runs
+        return run_app(
+            create_app(settings), host=settings.host, port=settings.port, name="origin", ssl_context=ssl_context
+        )
 
 
 def _publish(args: argparse.Namespace) -> int:
@@ -177,8 +187,8 @@ def _publish(args: argparse.Namespace) -> int:
     else:
         print(
             f"published {report['name']}@{report['tag']} = {report['revision']}: "
-            f"{report['files']} files, {format_bytes(report['total_bytes'])} in all; "
-            f"stored {format_bytes(report['stored_bytes'])} ({report['stored_blocks']} new blocks), "
+            f"{count(report['files'], 'file')}, {format_bytes(report['total_bytes'])} in all; "
+            f"stored {format_bytes(report['stored_bytes'])} ({count(report['stored_blocks'], 'new block')}), "
             f"deduplicated {format_bytes(report['deduplicated_bytes'])}"
         )
     return 0
@@ -211,10 +221,10 @@ def _rag_ingest(args: argparse.Namespace) -> int:
     else:
         print(
             f"ingested {report['collection']} = {report['name']}@{report['revision']}: "
-            f"{report['documents']} documents, {report['chunks']} chunks "
+            f"{count(report['documents'], 'document')}, {count(report['chunks'], 'chunk')} "
             f"({report['embedded_chunks']} embedded), "
-            f"{report['shards']} shards, {format_bytes(report['total_bytes'])} in all; "
-            f"stored {report['stored_shards']} new shards, {format_bytes(report['stored_bytes'])}"
+            f"{count(report['shards'], 'shard')}, {format_bytes(report['total_bytes'])} in all; "
+            f"stored {count(report['stored_shards'], 'new shard')}, {format_bytes(report['stored_bytes'])}"
         )
     return 0
 
@@ -226,13 +236,15 @@ def _models_list(args: argparse.Namespace) -> int:
         return 0
     if not models:
         print("no models published yet")
+        return 0
+    print(f"{'NAME':40} {'SIZE':>10}  {'SHARED':>10}  {'REVISIONS':>9}  TAGS  SOURCE")
     for m in models:
         latest = m["revisions"][0] if m["revisions"] else None
         size = format_bytes(latest["total_size"]) if latest else "-"
         tags = ", ".join(f"{t}={c[:12]}" for t, c in sorted(m["tags"].items()))
         origin = m["source"] + (f" from {m['upstream']}" if m.get("upstream") else "")
         shared = format_bytes(m.get("shared_bytes", 0))
-        print(f"{m['name']:40} {size:>10}  shares {shared:>10}  {len(m['revisions'])} rev  [{tags}]  {origin}")
+        print(f"{m['name']:40} {size:>10}  {shared:>10}  {len(m['revisions']):>9}  [{tags}]  {origin}")
     return 0
 
 
@@ -247,7 +259,8 @@ def _models_show(args: argparse.Namespace) -> int:
     if m["base"]:
         print(f"  base: {m['base']['name']} @ {m['base']['revision']}")
     for f in m["files"]:
-        print(f"  {f['path']:50} {format_bytes(f['size']):>10}  {len(f['blocks'])} blocks  sha256 {f['sha256'][:16]}…")
+        blocks = count(len(f["blocks"]), "block")
+        print(f"  {f['path']:50} {format_bytes(f['size']):>10}  {blocks:>10}  sha256 {f['sha256'][:16]}…")
     print(f"  distinct blocks: {info['blocks']}, {format_bytes(info['unique_bytes'])}")
     for other, shared in sorted(info["shared_with"].items(), key=lambda kv: -kv[1]):
         print(f"  shares {format_bytes(shared)} with {other}")
@@ -272,7 +285,7 @@ async def _fetch_models(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     from cachenet.httpclient import DEFAULT_TIMEOUT, raise_for_status
 
-    url = (args.origin or f"http://127.0.0.1:{DEFAULT_ORIGIN_PORT}").rstrip("/")
+    url = args.origin or f"http://127.0.0.1:{DEFAULT_ORIGIN_PORT}"
     async with aiohttp.ClientSession(timeout=DEFAULT_TIMEOUT) as session, session.get(f"{url}/v1/models") as resp:
         await raise_for_status(resp)
         models: list[dict[str, Any]] = (await resp.json())["models"]
@@ -295,7 +308,7 @@ async def _fetch_model_detail(args: argparse.Namespace, name: str, revision: str
         finally:
             await target.close()
     else:
-        url = (args.origin or f"http://127.0.0.1:{DEFAULT_ORIGIN_PORT}").rstrip("/")
+        url = args.origin or f"http://127.0.0.1:{DEFAULT_ORIGIN_PORT}"
         async with aiohttp.ClientSession(timeout=DEFAULT_TIMEOUT) as session:
             async with session.get(f"{url}/v1/models/{name}/revisions/{revision}") as resp:
                 await raise_for_status(resp)

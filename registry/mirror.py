@@ -28,10 +28,13 @@ from cachenet.blockstore import BlockStore
 from cachenet.errors import (
     BadInput,
     CachenetError,
+    FileNotInModel,
     Forbidden,
     IntegrityError,
     ModelNotFound,
     NotFound,
+    RepoNotFound,
+    RevisionNotFound,
     UpstreamTimeout,
 )
 from cachenet.httpclient import raise_for_status
@@ -56,6 +59,8 @@ STALE_REF: contextvars.ContextVar[str | None] = contextvars.ContextVar("stale_re
 _READ_BYTES: Final = 1024 * 1024
 _BATCH_BYTES: Final = 16 * 1024 * 1024
 _SPOOL_LINGER_S: Final = 60.0
+# What an upstream hub's X-Error-Code on a 404 says is missing.
+_MISSING: Final[dict[str, type[NotFound]]] = {"RevisionNotFound": RevisionNotFound, "EntryNotFound": FileNotInModel}
 STREAM_MIN_BYTES: Final = 4 * 1024 * 1024
 
 
@@ -168,7 +173,8 @@ class UpstreamHub:
         try:
             async with self.session.get(url) as resp:
                 if resp.status in (401, 403, 404):
-                    raise ModelNotFound(f"upstream {self.url} has no {path} (HTTP {resp.status})", upstream=self.url)
+                    cls = _MISSING.get(resp.headers.get("X-Error-Code", ""), RepoNotFound)
+                    raise cls(f"upstream {self.url} has no {path} (HTTP {resp.status})", upstream=self.url)
                 await raise_for_status(resp)
                 doc = await resp.json()
                 link = resp.links.get("next")

@@ -33,6 +33,7 @@ from registry.chunking import DEFAULT_MAX_BLOCK_BYTES, CutFile, cut_file, list_f
 from registry.config import OriginSettings
 from registry.intake import check_no_collision, missing_blocks
 from registry.lora import read_lora_config
+from registry.servinglock import refuse_if_served
 
 __all__ = ("HttpTarget", "LocalTarget", "PublishReport", "PublishTarget", "open_target", "publish_path")
 
@@ -202,11 +203,16 @@ def open_target(
     unless exactly one of the two is given.
     """
     if bool(origin) == bool(data):
-        raise BadInput("give exactly one of --origin URL (a running origin) or --data DIR (an origin's data folder)")
+        raise BadInput(
+            "give exactly one of --origin URL (a running origin; without it, the local cluster's when "
+            "`cachenet up` runs in this folder) or --data DIR (the data folder of an origin that is not running)"
+        )
     if origin:
         return HttpTarget(origin, token or os.environ.get("CACHENET_TOKEN"))
     overrides = {"data_dir": data, "db_url": db, "max_block_size": max_block_size}
-    return LocalTarget(load_settings(OriginSettings, None, os.environ, overrides))
+    settings = load_settings(OriginSettings, None, os.environ, overrides)
+    refuse_if_served(settings.data_dir)
+    return LocalTarget(settings)
 
 
 async def publish_path(

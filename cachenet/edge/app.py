@@ -135,12 +135,20 @@ async def _refresh_lookup(app: web.Application) -> None:
     cache, settings = app[cache_key], app[settings_key]
     assert settings.controller_url is not None
     url = settings.controller_url.rstrip("/") + "/v1/lookup"
+    reachable: bool | None = None  # logged on changes only: a controller starting later is normal
     while True:
         try:
             async with cache.session.get(url) as resp:
                 if resp.status == 200:
                     doc = await resp.json()
                     cache.upstream.lookup = {str(k): [str(u) for u in v] for k, v in doc.get("blocks", {}).items()}
+            if reachable is False:
+                log.info("controller %s reachable again", settings.controller_url)
+            reachable = True
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as e:
-            log.warning("controller %s unreachable, keeping the last lookup table: %r", url, e)
+            if reachable is not False:
+                level = logging.WARNING if reachable else logging.INFO
+                why = str(e) or type(e).__name__
+                log.log(level, "controller %s not reachable (%s); keeping the last lookup table", url, why)
+            reachable = False
         await asyncio.sleep(settings.lookup_refresh_s)

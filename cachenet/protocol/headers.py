@@ -7,6 +7,8 @@ __all__ = (
     "CELL_HEADER",
     "DEMAND_HEADER",
     "HF_COMMIT_HEADER",
+    "HF_ERROR_CODE_HEADER",
+    "HF_ERROR_MESSAGE_HEADER",
     "HF_LINKED_ETAG_HEADER",
     "HF_LINKED_SIZE_HEADER",
     "ONLY_IF_CACHED_HEADER",
@@ -32,3 +34,6 @@ STALE_REF_HEADER: Final = "X-Cachenet-Stale-Ref"
 HF_COMMIT_HEADER: Final = "X-Repo-Commit"
 HF_LINKED_ETAG_HEADER: Final = "X-Linked-Etag"
 HF_LINKED_SIZE_HEADER: Final = "X-Linked-Size"
+# Hugging Face: what a 404 lacks (RepoNotFound, RevisionNotFound, EntryNotFound) and why.
+HF_ERROR_CODE_HEADER: Final = "X-Error-Code"
+HF_ERROR_MESSAGE_HEADER: Final = "X-Error-Message"

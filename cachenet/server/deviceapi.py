@@ -6,25 +6,23 @@ Routes:
     GET      /v1/models                                             models and tags
     GET      /v1/models/{name}/revisions/{revision}                 manifest (canonical JSON)
     GET|HEAD /v1/models/{name}/revisions/{revision}/files/{path}    assembled file, Range
-    GET      /api/models/{name}[/revision/{revision}]               Hugging Face model info
-    GET      /api/models/{name}/tree/{revision}[/{path}]            Hugging Face tree listing
+    GET|POST /api/models/{name}/...                                 Hugging Face metadata (`cachenet.server.hubapi`)
     GET|HEAD /{name}/resolve/{revision}/{path}                      Hugging Face file download
 
 Names, revisions, paths and block ids are validated before anything else happens.
+`If-None-Match` takes lists, weak tags and `*`; a download by commit is cached as immutable.
 """
 
-import hashlib
-import time
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 from urllib.parse import quote
 
 from aiohttp import web
 
 from cachenet.blockid import validate_block_id
-from cachenet.errors import FileNotInModel
 from cachenet.manifest import FileManifest, ModelManifest
 from cachenet.names import parse_cell, validate_file_path, validate_model_name, validate_revision
 from cachenet.protocol.headers import (
@@ -41,8 +39,10 @@ from cachenet.protocol.models import ModelEntry, ModelList
 from cachenet.protocol.patterns import ROUTE_MODEL_NAME
 from cachenet.ranges import parse_range
 from cachenet.server.abortlog import AbortLog
+from cachenet.server.conditional import none_match_hits
 from cachenet.server.filesend import Pacer, send_file_range, write_or_cut
 from cachenet.server.httpbody import message_response
+from cachenet.server.hubapi import HubApi, git_oid, is_lfs_file
 from cachenet.server.openapi import ApiDoc
 
 __all__ = (
@@ -60,26 +60,6 @@ __all__ = (
 
 _BLOCK_PATTERN: Final = r"[^/]+"
 IMMUTABLE: Final = "public, max-age=31536000, immutable"
-# Files at least this big, and every safetensors file, are presented as Git LFS files,
-# whose Hugging Face ETag is the SHA-256 of the content (clients verify downloads with it).
-LFS_MIN_BYTES: Final = 10 * 1024 * 1024
-_HF_INFO_SCHEMA: Final[dict[str, Any]] = {
-    "type": "object",
-    "required": ["id", "sha", "siblings"],
-    "properties": {
-        "id": {"type": "string"},
-        "sha": {"type": "string"},
-        "siblings": {"type": "array", "items": {"type": "object", "required": ["rfilename"]}},
-    },
-}
-_HF_TREE_SCHEMA: Final[dict[str, Any]] = {
-    "type": "array",
-    "items": {
-        "type": "object",
-        "required": ["type", "path", "oid", "size"],
-        "properties": {"type": {"enum": ["file", "directory"]}, "path": {"type": "string"}},
-    },
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,29 +132,10 @@ class ModelSource(Protocol):
         ...
 
 
-def is_lfs_file(f: FileManifest) -> bool:
-    """Whether a file is presented to Hugging Face clients as an LFS file (ETag = SHA-256)."""
-    return f.kind == "safetensors" or f.size >= LFS_MIN_BYTES
-
-
 def content_disposition(filename: str) -> str:
     """`attachment` with an ASCII `filename` fallback and the exact name as RFC 6266 / 5987 `filename*`."""
     fallback = "".join(c if 0x20 <= ord(c) < 0x7F and c not in '"\\%' else "_" for c in filename)
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
-
-
-def git_oid(f: FileManifest) -> str:
-    """A stable 40-hex blob id for tree listings.
-
-    For LFS files it is the Git blob id of the LFS pointer, exactly as the Hub computes
-    it. For small files the Hub uses the Git blob id of the content, which would need a
-    SHA-1 pass over the file; cachenet uses the first 40 hex digits of the SHA-256
-    instead (clients treat the blob id as an opaque name).
-    """
-    if is_lfs_file(f):
-        pointer = (f"version https://git-lfs.github.com/spec/v1\noid sha256:{f.sha256}\nsize {f.size}\n").encode()
-        return hashlib.sha1(b"blob %d\0" % len(pointer) + pointer, usedforsecurity=False).hexdigest()
-    return f.sha256[:40]
 
 
 SentHook = Callable[[web.Request, int], None]
@@ -240,35 +201,7 @@ def add_device_routes(
         summary="Assembled file headers",
         content="",
     )
-    doc.route(
-        r,
-        "GET",
-        f"/api/models/{name}/revision/{{revision}}",
-        api.hf_model_info,
-        summary="Hugging Face model info at a revision",
-        schema=_HF_INFO_SCHEMA,
-    )
-    doc.route(
-        r,
-        "GET",
-        f"/api/models/{name}/tree/{{revision}}",
-        api.hf_tree,
-        summary="Hugging Face tree listing",
-        query={"recursive": {"type": "boolean"}},
-        schema=_HF_TREE_SCHEMA,
-    )
-    doc.route(
-        r,
-        "GET",
-        f"/api/models/{name}/tree/{{revision}}/{file_path}",
-        api.hf_tree,
-        summary="Hugging Face tree listing under a folder",
-        query={"recursive": {"type": "boolean"}},
-        schema=_HF_TREE_SCHEMA,
-    )
-    doc.route(
-        r, "GET", f"/api/models/{name}", api.hf_model_info, summary="Hugging Face model info", schema=_HF_INFO_SCHEMA
-    )
+    HubApi(source, api.read_whole).add_routes(app, doc, name, file_path)
     doc.route(
         r,
         "GET",
@@ -297,7 +230,7 @@ class _DeviceApi:
     async def get_block(self, request: web.Request) -> web.StreamResponse:
         block_id = validate_block_id(request.match_info["block_id"])
         etag = f'"{block_id}"'
-        if request.headers.get("If-None-Match") == etag:
+        if none_match_hits(request.headers.get("If-None-Match"), etag):
             return web.Response(status=304, headers={"ETag": etag, "Cache-Control": IMMUTABLE})
         only_if_cached = request.headers.get(ONLY_IF_CACHED_HEADER) == "1"
         handle = await self.source.open_block(block_id, only_if_cached=only_if_cached)
@@ -322,6 +255,8 @@ class _DeviceApi:
             headers["Cache-Control"] = IMMUTABLE
         else:
             headers["Cache-Control"] = "no-cache"
+        if none_match_hits(request.headers.get("If-None-Match"), headers["ETag"]):
+            return web.Response(status=304, headers=headers)
         return web.Response(body=manifest.to_bytes(), content_type="application/json", headers=headers)
 
     async def get_file(self, request: web.Request) -> web.StreamResponse:
@@ -330,56 +265,16 @@ class _DeviceApi:
             self.source.note_request(manifest, f, cell=parse_cell(request.headers.get(CELL_HEADER)))
         return await self._send_file(request, manifest, f)
 
-    async def hf_model_info(self, request: web.Request) -> web.Response:
-        manifest = await self._manifest(request)
-        created = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(0))
-        return web.json_response(
-            {
-                "_id": manifest.revision[:24],
-                "id": manifest.name,
-                "modelId": manifest.name,
-                "sha": manifest.revision,
-                "private": False,
-                "disabled": False,
-                "gated": False,
-                "downloads": 0,
-                "likes": 0,
-                "tags": [],
-                "library_name": None,
-                "createdAt": created,
-                "lastModified": created,
-                "cardData": {"base_model": manifest.base.name} if manifest.base else {},
-                "siblings": [{"rfilename": f.path, "size": f.size} for f in manifest.files],
-            },
-            headers={HF_COMMIT_HEADER: manifest.revision},
-        )
-
-    async def hf_tree(self, request: web.Request) -> web.Response:
-        manifest = await self._manifest(request)
-        prefix = request.match_info.get("path", "")
-        if prefix:
-            prefix = validate_file_path(prefix.rstrip("/")) + "/"
-        recursive = request.query.get("recursive", "false").lower() in ("1", "true")
-        entries: list[dict[str, Any]] = []
-        dirs: set[str] = set()
-        for f in manifest.files:
-            if not f.path.startswith(prefix):
-                continue
-            rest = f.path[len(prefix) :]
-            parts = rest.split("/")
-            for depth in range(1, len(parts)):
-                d = prefix + "/".join(parts[:depth])
-                if (recursive or depth == 1) and d not in dirs:
-                    dirs.add(d)
-                    entries.append({"type": "directory", "oid": "0" * 40, "size": 0, "path": d})
-            if recursive or len(parts) == 1:
-                entry: dict[str, Any] = {"type": "file", "oid": git_oid(f), "size": f.size, "path": f.path}
-                if is_lfs_file(f):
-                    entry["lfs"] = {"oid": f.sha256, "size": f.size, "pointerSize": 134}
-                entries.append(entry)
-        if prefix and not entries:
-            raise FileNotInModel(f"{manifest.name} has no folder {prefix!r}", path=prefix)
-        return web.json_response(entries, headers={HF_COMMIT_HEADER: manifest.revision})
+    async def read_whole(self, manifest: ModelManifest, f: FileManifest) -> bytes:
+        """A (small) file's bytes, assembled from its blocks."""
+        out = bytearray()
+        async for handle, lo, hi in _FileParts(self.source, f, manifest.name).pieces(0, f.size):
+            if isinstance(handle, LocalBlock):
+                out += await asyncio.to_thread(_read_range, handle.path, lo, hi)
+            else:
+                async for chunk in handle.iter_range(lo, hi):
+                    out += chunk
+        return bytes(out)
 
     async def hf_resolve(self, request: web.Request) -> web.StreamResponse:
         manifest, f = await self._file(request)
@@ -413,7 +308,10 @@ class _DeviceApi:
         if isinstance(f, StreamingFile) or is_lfs_file(f):
             headers[HF_LINKED_ETAG_HEADER] = etag
             headers[HF_LINKED_SIZE_HEADER] = str(f.size)
-        if request.headers.get("If-None-Match") == etag:
+        # A download by commit never changes; by tag it may move.
+        by_commit = validate_revision(request.match_info.get("revision", "main")) == manifest.revision
+        headers["Cache-Control"] = IMMUTABLE if by_commit else "no-cache"
+        if none_match_hits(request.headers.get("If-None-Match"), etag):
             return web.Response(status=304, headers=headers)
         if isinstance(f, StreamingFile):
             body = f.body
@@ -479,6 +377,12 @@ class _DeviceApi:
 
 
 Piece = tuple[BlockHandle, int, int]
+
+
+def _read_range(path: Path, start: int, end: int) -> bytes:
+    with path.open("rb") as fh:
+        fh.seek(start)
+        return fh.read(end - start)
 
 
 class _FileParts:

@@ -10,6 +10,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from cachenet.errors import CachenetError, Unauthorized
+from cachenet.protocol.headers import HF_ERROR_CODE_HEADER, HF_ERROR_MESSAGE_HEADER
 
 __all__ = (
     "DEFAULT_MAX_REQUESTS_PER_CLIENT",
@@ -28,6 +29,14 @@ _BUSY_RETRY_AFTER_S: Final = 1
 def json_error(error: CachenetError) -> web.Response:
     """The JSON response for a typed error: `{"error": name, "message": text, **attrs}`."""
     resp = web.json_response(error.to_payload(), status=error.status, dumps=_dumps)
+    if error.hf_code is not None:
+        # Hugging Face clients choose their exception class (RepositoryNotFoundError,
+        # RevisionNotFoundError, EntryNotFoundError) from this header; HEAD answers have no body.
+        resp.headers[HF_ERROR_CODE_HEADER] = error.hf_code
+        resp.headers[HF_ERROR_MESSAGE_HEADER] = _header_text(error.message)
+    size = error.attrs.get("size")
+    if error.status == 416 and isinstance(size, int):
+        resp.headers["Content-Range"] = f"bytes */{size}"
     if error.status == 401:
         resp.headers["WWW-Authenticate"] = 'Bearer realm="cachenet"'
     retry_after = error.attrs.get("retry_after_s")
@@ -108,6 +117,12 @@ def require_token(request: web.Request, token: str | None) -> None:
 def _allowed(e: web.HTTPException) -> dict[str, str]:
     allow = e.headers.get("Allow")
     return {"Allow": allow} if allow else {}
+
+
+def _header_text(text: str) -> str:
+    """`text` as one printable ASCII header line (names in messages may be anything)."""
+    clean = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return clean[:512]
 
 
 def _dumps(obj: object) -> str:

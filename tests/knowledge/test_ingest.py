@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestServer
 
-from cachenet.cli import main
+from cachenet.cli import EXIT_NOT_FOUND, main
 from cachenet.knowledge.embedder import Embedder
 from cachenet.knowledge.formats import decode_index, index_ref
 from clients.knowledge.client import KnowledgeClient
@@ -149,4 +149,4 @@ async def test_the_rag_commands_ingest_and_query(
     assert await asyncio.to_thread(main, argv) == 0
     out = capsys.readouterr().out
     assert "faq.txt#0" in out.splitlines()[1]
-    assert await asyncio.to_thread(main, ["rag", "query", "missing", "x", "--source", url_of(edge)]) == 2
+    assert await asyncio.to_thread(main, ["rag", "query", "missing", "x", "--source", url_of(edge)]) == EXIT_NOT_FOUND
