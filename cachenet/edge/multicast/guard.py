@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from cachenet.errors import BadInput, TooManyRequests
+from cachenet.protocol.multicast import MAX_NACK_RANGES
 
 __all__ = (
     "JOIN_BURST",
@@ -25,7 +26,6 @@ JOIN_RATE_PER_S: Final = 1.0
 # Addresses remembered at most (the least recently seen are forgotten first).
 MAX_TRACKED_ADDRESSES: Final = 4096
 # Ranges one NACK may list: a device with more losses gets the rest by unicast repair.
-MAX_NACK_RANGES: Final = 8192
 
 
 @dataclass(slots=True)
@@ -81,7 +81,7 @@ def merge_report(entries: Sequence[object], piece_counts: Sequence[int]) -> list
         raise BadInput(f"a NACK lists at most {MAX_NACK_RANGES} ranges, got {len(entries)}")
     ranges: list[tuple[int, int, int]] = []
     for entry in entries:
-        if not isinstance(entry, list) or len(entry) != 3 or not all(type(x) is int for x in entry):
+        if not isinstance(entry, list | tuple) or len(entry) != 3 or not all(type(x) is int for x in entry):
             raise BadInput("each missing entry is [block seq, first piece, end piece]")
         seq, lo, hi = entry
         if not 0 <= seq < len(piece_counts):

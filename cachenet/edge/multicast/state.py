@@ -5,9 +5,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import msgspec
+
 from cachenet.edge.multicast.sender import SessionSender
 from cachenet.manifest import BlockRef
 from cachenet.multicast.plan import MemberDemand
+from cachenet.protocol.multicast import SessionState
 
 __all__ = ("LIVE_STATES", "Member", "Session", "unicast_answer")
 
@@ -74,22 +77,26 @@ class Session:
         return self.sender.cursor if self.sender is not None else 0
 
     def to_json(self) -> dict[str, Any]:
+        """`state_message` as a dict (inside the hub's larger answers)."""
+        return msgspec.structs.asdict(self.state_message())
+
+    def state_message(self) -> SessionState:
         """What members poll: the state and how far the sender got."""
-        return {
-            "session": self.hex,
-            "state": self.state,
-            "group": self.group,
-            "port": self.port,
-            "rate": self.rate,
-            "piece_bytes": self.piece_bytes,
-            "blocks": len(self.blocks),
-            "bytes": sum(b.size for b in self.blocks),
-            "cursor": self.cursor,
-            "sent_bytes": self.sender.sent_bytes if self.sender is not None else 0,
-            "members": len(self.members),
-            "joined": self.joined,
-            "repair_round": self.repair_round,
-        }
+        return SessionState(
+            session=self.hex,
+            state=self.state,  # type: ignore[arg-type]  # one of SessionStateName by construction
+            group=self.group,
+            port=self.port,
+            rate=self.rate,
+            piece_bytes=self.piece_bytes,
+            blocks=len(self.blocks),
+            bytes=sum(b.size for b in self.blocks),
+            cursor=self.cursor,
+            sent_bytes=self.sender.sent_bytes if self.sender is not None else 0,
+            members=len(self.members),
+            joined=self.joined,
+            repair_round=self.repair_round,
+        )
 
 
 def unicast_answer(m: Member, plan: dict[str, Any]) -> dict[str, Any]:
