@@ -7,7 +7,7 @@ import msgspec
 from cachenet.protocol.patterns import SESSION_ID, schema_pattern
 from cachenet.protocol.types import BlockId, ShortText
 
-__all__ = ("MAX_JOIN_BLOCKS", "MAX_NACK_RANGES", "JoinRequest", "LeaveRequest", "NackRequest", "SessionState")
+__all__ = ("JoinRequest", "LeaveRequest", "MAX_JOIN_BLOCKS", "MAX_NACK_RANGES", "NackRequest", "SessionState")
 
 MAX_JOIN_BLOCKS: Final = 65536  # block ids one join may name
 MAX_NACK_RANGES: Final = 8192  # [block seq, first piece, end piece] ranges one NACK may list
