@@ -78,13 +78,15 @@ def _up(args: argparse.Namespace) -> int:
             f"{are.format(names)} already in use on 127.0.0.1 (is another `cachenet up` running?); "
             f"stop it, or pick free ports with --base-port (this cluster needs {len(roles)} from the base port)"
         )
+    secret = {"CACHENET_TOKEN": token}  # by environment: command lines are public (`ps`)
     with Cluster(data) as cluster:
         origin_url = f"http://127.0.0.1:{args.base_port}"
         controller_url = f"http://127.0.0.1:{args.base_port + 1}"
         cluster.start(
             "origin",
             origin_url,
-            ["origin", "serve", "--data", str(data / "origin"), "--port", str(args.base_port), "--token", token],
+            ["origin", "serve", "--data", str(data / "origin"), "--port", str(args.base_port)],
+            env=secret,
         )
         print(f"origin      {origin_url}   (logs in {data / 'logs'})", flush=True)
         edges: dict[str, str] = {}
@@ -107,11 +109,10 @@ def _up(args: argparse.Namespace) -> int:
                     origin_url,
                     "--port",
                     str(port),
-                    "--token",
-                    token,
                     "--controller",
                     controller_url,
                 ],
+                env=secret,
             )
             edges[server.id] = url
             print(f"{server.id:11} {url}   capacity {format_bytes(server.capacity_bytes)}", flush=True)
@@ -127,12 +128,11 @@ def _up(args: argparse.Namespace) -> int:
                 origin_url,
                 "--port",
                 str(args.base_port + 1),
-                "--token",
-                token,
                 "--data",
                 str(data / "controller"),
                 *[arg for sid, url in edges.items() for arg in ("--node", f"{sid}={url}")],
             ],
+            env=secret,
         )
         print(f"controller  {controller_url}", flush=True)
         print(f"operator token in {token_file}", flush=True)

@@ -9,7 +9,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -42,8 +42,11 @@ class Cluster:
         self.data_dir = data_dir
         self.servers: list[ServerProcess] = []
 
-    def start(self, name: str, url: str, args: Sequence[str]) -> ServerProcess:
-        """Start `python -m cachenet ARGS` and wait until its /healthz answers."""
+    def start(self, name: str, url: str, args: Sequence[str], *, env: Mapping[str, str] | None = None) -> ServerProcess:
+        """Start `python -m cachenet ARGS` (with `env` added to ours) and wait until its /healthz answers.
+
+        Secrets go in `env`, never in `args`: a command line is readable by every user (`ps`).
+        """
         log_path = self.data_dir / "logs" / f"{name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         server = ServerProcess(name, url, [sys.executable, "-m", "cachenet", *args], log_path)
@@ -53,7 +56,7 @@ class Cluster:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
             )
         self.servers.append(server)
         self._wait_healthy(server)

@@ -219,3 +219,17 @@ def test_controller_metrics_are_not_empty_and_start_up_logs_have_no_exception_re
         body = log.read_text(errors="replace")
         assert "Traceback" not in body, log
         assert "Error(" not in body and "ConnectionKey(" not in body, (log, body[-2000:])
+
+
+def test_the_operator_token_is_on_no_child_command_line(cluster: LocalCluster) -> None:
+    # Every user can read every command line (`ps`); the children get the token by environment.
+    children = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:  # a process that ended while we looked
+            continue
+        if any(str(cluster.data).encode() in a for a in argv) and b"serve" in argv:
+            children.append(argv)
+    assert len(children) == SERVERS, children  # origin, three edges, controller
+    assert not any(cluster.token.encode() in a for argv in children for a in argv)
