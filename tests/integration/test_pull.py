@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestServer
 
 from cachenet.blockid import BlockDigest, digest_of
 from cachenet.blockstore import BlockStore
+from cachenet.cli import EXIT_NOT_FOUND
 from cachenet.manifest import ModelManifest
 from clients import PullSettings, pull
 from registry.keys import catalogue_key
@@ -286,6 +287,6 @@ async def test_cli_reports_an_unknown_model_in_one_line(origin_server: TestServe
         stderr=subprocess.PIPE,
     )
     _, stderr = await proc.communicate()
-    assert proc.returncode == 2
+    assert proc.returncode == EXIT_NOT_FOUND  # exit statuses are by kind (cachenet/cli.py)
     lines = stderr.decode().strip().splitlines()
     assert len(lines) == 1 and "org/nope" in lines[0] and lines[0].startswith("cachenet: error:")
