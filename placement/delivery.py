@@ -15,8 +15,7 @@ from typing import Literal
 
 import networkx as nx
 
-from placement.errors import Unreachable
-from placement.relay import Link, tree_links
+from placement.relay import Link, block_holders, tree_links
 
 __all__ = ("DeliverySchedulePlan", "delivery_schedule", "path_links")
 
@@ -57,18 +56,7 @@ def delivery_schedule(
     Raises:
         Unreachable: the origin or a server is not in the graph or not connected to the origin.
     """
-    if origin not in graph:
-        raise Unreachable(f"origin node {origin!r} is not in the backhaul graph", node_id=origin)
-    holders: dict[str, set[str]] = defaultdict(set)
-    for server, blocks in needs.items():
-        if server not in graph:
-            raise Unreachable(f"server {server!r} is not in the backhaul graph", node_id=server)
-        for block in blocks:
-            holders[block].add(server)
-    dist, paths = nx.single_source_dijkstra(graph, origin, weight=weight)
-    for server in needs:
-        if server not in paths:
-            raise Unreachable(f"server {server!r} has no backhaul path to the origin at {origin!r}", node_id=server)
+    holders, dist, paths = block_holders(graph, origin, needs, weight=weight)
     parents: dict[str, dict[str, tuple[str, ...]]] = defaultdict(dict)
     planned: dict[Link, int] = defaultdict(int)
     pairs: set[tuple[str, str]] = set()

@@ -18,7 +18,7 @@ from networkx.algorithms.approximation import steiner_tree
 
 from placement.errors import SolverRefused, Unreachable
 
-__all__ = ("Link", "RelayReport", "relay_plan", "tree_links")
+__all__ = ("Link", "RelayReport", "block_holders", "relay_plan", "tree_links")
 
 Link = tuple[str, str]
 
@@ -37,6 +37,29 @@ class RelayReport:
         object.__setattr__(self, "total_without_relay", sum(self.without_relay.values()))
 
 
+def block_holders(
+    graph: nx.Graph, origin: str, needs: Mapping[str, Iterable[str]], *, weight: str = "s_per_byte"
+) -> tuple[dict[str, set[str]], dict[str, float], dict[str, list[str]]]:
+    """Block id -> servers that need it, and the shortest distances and paths from `origin`.
+
+    Raises:
+        Unreachable: the origin or a server is not in the graph or not connected to the origin.
+    """
+    if origin not in graph:
+        raise Unreachable(f"origin node {origin!r} is not in the backhaul graph", node_id=origin)
+    holders: dict[str, set[str]] = defaultdict(set)
+    for server, blocks in needs.items():
+        if server not in graph:
+            raise Unreachable(f"server {server!r} is not in the backhaul graph", node_id=server)
+        for block in blocks:
+            holders[block].add(server)
+    dist, paths = nx.single_source_dijkstra(graph, origin, weight=weight)
+    for server in needs:
+        if server not in paths:
+            raise Unreachable(f"server {server!r} has no backhaul path to the origin at {origin!r}", node_id=server)
+    return holders, dist, paths
+
+
 def relay_plan(
     graph: nx.Graph,
     origin: str,
@@ -53,21 +76,7 @@ def relay_plan(
     """
     if method not in ("steiner", "shortest-path"):
         raise SolverRefused(f"unknown relay method {method!r}; use 'steiner' or 'shortest-path'")
-    if origin not in graph:
-        raise Unreachable(f"origin node {origin!r} is not in the backhaul graph", node_id=origin)
-    holders: dict[str, set[str]] = defaultdict(set)
-    for server, blocks in needs.items():
-        if server not in graph:
-            raise Unreachable(f"server {server!r} is not in the backhaul graph", node_id=server)
-        for block in blocks:
-            holders[block].add(server)
-    _, paths = nx.single_source_dijkstra(graph, origin, weight=weight)
-    for server in needs:
-        if server not in paths:
-            raise Unreachable(
-                f"server {server!r} has no backhaul path to the origin at {origin!r}",
-                node_id=server,
-            )
+    holders, _, paths = block_holders(graph, origin, needs, weight=weight)
     with_relay: dict[Link, int] = defaultdict(int)
     without_relay: dict[Link, int] = defaultdict(int)
     trees: dict[frozenset[str], list[Link]] = {}
