@@ -19,7 +19,6 @@ import json
 import os
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from safetensors.numpy import save_file
 
 from bench.machine import write_result
 from bench.processes import (
+    free_port,
     run_cachenet,
     start_cachenet,
     start_nginx,
@@ -44,21 +44,6 @@ from bench.publish_throughput import make_model
 __all__ = ("main",)
 
 MIB: Final = 1024 * 1024
-_PORTS = iter(range(23000, 24000))
-
-
-def free_port() -> int:
-    """The next port of this bench's range (23000-23999), checked free."""
-    return next(p for p in _PORTS if _port_is_free(p))
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _timed(argv: list[str]) -> tuple[float, float]:

@@ -33,6 +33,7 @@ from cachenet.manifest import FileManifest, ModelManifest
 from cachenet.names import validate_file_path, validate_model_name, validate_revision
 from cachenet.protocol.headers import HF_COMMIT_HEADER
 from cachenet.protocol.models import ModelEntry
+from cachenet.server.httpbody import read_body
 from cachenet.server.openapi import ApiDoc
 
 __all__ = ("HubApi", "LFS_MIN_BYTES", "ReadWhole", "git_blob_id", "git_oid", "is_lfs_file", "lfs_pointer")
@@ -43,6 +44,7 @@ LFS_MIN_BYTES: Final = 10 * 1024 * 1024
 # Bounds on what one request may ask for.
 MAX_PATHS: Final = 1000
 _MAX_PATHS_BODY: Final = 1024 * 1024
+_PARSE_ON_LOOP_MAX_BYTES: Final = 64 * 1024
 _MAX_COMMITS: Final = 1000
 _BLOB_IDS_KEPT: Final = 16384
 _EPOCH: Final = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(0))
@@ -279,16 +281,18 @@ def _commit(name: str, commit: str, created: float | None) -> dict[str, Any]:
 
 async def _paths_from_body(request: web.Request) -> list[str]:
     """The `paths` of a paths-info request: a form (as huggingface_hub sends) or JSON, bounded."""
-    if request.content_length is not None and request.content_length > _MAX_PATHS_BODY:
-        raise BadInput(f"paths-info body over {_MAX_PATHS_BODY} bytes")
-    raw = await request.content.read(_MAX_PATHS_BODY + 1)
-    if len(raw) > _MAX_PATHS_BODY:
-        raise BadInput(f"paths-info body over {_MAX_PATHS_BODY} bytes")
+    raw = await read_body(request, limit=_MAX_PATHS_BODY)
+    if len(raw) <= _PARSE_ON_LOOP_MAX_BYTES:
+        return _parse_paths(raw, request.content_type)
+    return await asyncio.to_thread(_parse_paths, raw, request.content_type)  # parsing costs with the size
+
+
+def _parse_paths(raw: bytes, content_type: str) -> list[str]:
     paths: object
-    if request.content_type == "application/json":
+    if content_type == "application/json":
         try:
             doc = json.loads(raw)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:  # RecursionError: deeply nested arrays
             raise BadInput(f"paths-info body is not JSON: {e}") from None
         paths = doc.get("paths") if isinstance(doc, dict) else None
         if isinstance(paths, str):

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 from aiohttp.test_utils import TestServer
 
+from cluster.launcher import taken_ports
 from registry.chunking import list_folder_files
 from registry.publish import HttpTarget, PublishReport, publish_path
 from tests.conftest import OPERATOR_TOKEN
@@ -23,6 +24,7 @@ __all__ = (
     "ServerProcess",
     "file_hashes",
     "free_port",
+    "free_port_block",
     "publish",
     "remote_metric",
     "server_process",
@@ -47,6 +49,15 @@ async def publish(origin: TestServer, path: Path, name: str, **kw: Any) -> Publi
 def file_hashes(folder: Path) -> dict[str, str]:
     """Relative path → SHA-256 of every file under `folder` (temp files would show up too)."""
     return {rel: hashlib.sha256(p.read_bytes()).hexdigest() for p, rel in list_folder_files(folder)}
+
+
+def free_port_block(n: int) -> int:
+    """The first of `n` consecutive loopback ports that are all free now (for `cachenet up --base-port`)."""
+    for _ in range(50):
+        base = free_port()
+        if base + n < 65000 and not taken_ports("127.0.0.1", range(base, base + n)):
+            return base
+    raise RuntimeError("no free port block")
 
 
 def free_port() -> int:

@@ -8,7 +8,6 @@ an exit status by kind; client commands run in the cluster's folder find the clu
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from cachenet.cli import EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_REFUSED, EXIT_UNREACHABLE
+from tests.clients.support import free_port_block
 from tests.modelgen import write_safetensors
 
 SERVERS = 5  # origin, controller, 3 edge nodes of the demo topology
@@ -76,30 +76,11 @@ def assert_one_line_error(run: Run, code: int, *needles: str) -> str:
     return lines[0]
 
 
-def _free_port_block(n: int) -> int:
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        if base + n < 65000 and all(_free(base + i) for i in range(n)):
-            return base
-    raise RuntimeError("no free port block")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """`cachenet up` run in a folder of its own, as the README says (default data folder)."""
     home = tmp_path_factory.mktemp("newcomer")
-    base = _free_port_block(SERVERS)
+    base = free_port_block(SERVERS)
     proc = subprocess.Popen(
         [sys.executable, "-m", "cachenet", "up", "--base-port", str(base)],
         cwd=home,
@@ -152,12 +133,12 @@ def test_placement_commands_find_the_clusters_controller(cluster: LocalCluster) 
 
 
 def test_placement_show_with_no_controller_is_one_line(elsewhere: Path) -> None:
-    run = cachenet("placement", "show", cwd=elsewhere, CACHENET_CONTROLLER=f"http://127.0.0.1:{_free_port_block(1)}")
+    run = cachenet("placement", "show", cwd=elsewhere, CACHENET_CONTROLLER=f"http://127.0.0.1:{free_port_block(1)}")
     assert_one_line_error(run, EXIT_UNREACHABLE, "cannot reach", "connection refused", "cachenet up", "--controller")
 
 
 def test_models_list_and_show_against_a_dead_origin_are_one_line(elsewhere: Path) -> None:
-    dead = f"http://127.0.0.1:{_free_port_block(1)}"
+    dead = f"http://127.0.0.1:{free_port_block(1)}"
     assert_one_line_error(cachenet("models", "list", "--origin", dead, cwd=elsewhere), EXIT_UNREACHABLE, "cannot reach")
     assert_one_line_error(
         cachenet("models", "show", "acme/x", "--origin", dead, cwd=elsewhere), EXIT_UNREACHABLE, "cannot reach"

@@ -1,29 +1,11 @@
 """The README's first command, end to end: `cachenet up --demo` starts the cluster, runs the demo, stops."""
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-
-def _free_port_block(n: int) -> int:
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        if base + n < 65000 and all(_free(base + i) for i in range(n)):
-            return base
-    raise RuntimeError("no free port block")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+from tests.clients.support import free_port_block
 
 
 def test_up_demo_runs_end_to_end_and_leaves_no_process(tmp_path: Path) -> None:
@@ -37,7 +19,7 @@ def test_up_demo_runs_end_to_end_and_leaves_no_process(tmp_path: Path) -> None:
             "--data",
             str(data),
             "--base-port",
-            str(_free_port_block(8)),
+            str(free_port_block(8)),
             "--demo",
             "--exit-after-demo",
             "--json",
